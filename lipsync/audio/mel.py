@@ -1,0 +1,132 @@
+"""Wav2Lip-style mel spectrogram and the per-video-frame mel windows cut from it.
+
+Pipeline (all numbers from `AudioConfig`; defaults in brackets):
+    wav (float32 mono @ sample_rate [16 kHz])
+      -> preemphasis y[n] = x[n] - k x[n-1]                   [k = 0.97]
+      -> |STFT| (n_fft, hop_length, win_length, hann, center)  [800, 200, 800]
+      -> mel filterbank (n_mels, fmin, fmax, slaney)           [80, 55 Hz, 7600 Hz]
+      -> dB: 20 log10(max(floor, x)) - ref_level_db            [floor = 10^(min_level_db/20) = 1e-5, ref 20]
+      -> symmetric normalisation to [-max_abs_value, max_abs_value]   [4]
+The STFT is centred, so a signal of n samples gives 1 + n // hop_length mel frames
+(80 per second: 8.00 s -> 641).
+
+Video frame k (at `fps`) reads the `mel_window` [16] mel frames starting at mel frame
+(k * sample_rate) // (hop_length * fps), i.e. int(80 * k / 25) computed exactly in integers.
+See docs/AUDIO.md.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import librosa
+import numpy as np
+import scipy.signal
+
+from lipsync.config import AudioConfig
+
+
+def num_video_frames(n_samples: int, cfg: AudioConfig) -> int:
+    """Video frames needed to cover `n_samples` of audio: ceil(n_samples * fps / sample_rate).
+
+    Integer arithmetic so that exact durations do not round up by float error
+    (8.00 s at 16 kHz -> 200 frames; one more sample -> 201; 0 samples -> 0).
+    """
+    if n_samples < 0:
+        raise ValueError(f"n_samples must be >= 0, got {n_samples}")
+    return -(-n_samples * cfg.fps // cfg.sample_rate)
+
+
+def mel_window_start(k: int | np.ndarray, cfg: AudioConfig) -> int | np.ndarray:
+    """First mel frame of video frame k's window: floor(k * mel_frames_per_second / fps), exactly."""
+    return (k * cfg.sample_rate) // (cfg.hop_length * cfg.fps)
+
+
+def silence_value(cfg: AudioConfig) -> float:
+    """The normalised mel value of digital silence (the bottom of the range: -max_abs_value)."""
+    return -cfg.max_abs_value
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(cfg: AudioConfig) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) float32 filterbank; cached because configs are frozen (hashable)."""
+    basis = librosa.filters.mel(
+        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
+    )
+    basis = basis.astype(np.float32)
+    basis.setflags(write=False)  # shared by every caller through the cache
+    return basis
+
+
+def _preemphasis(wav: np.ndarray, k: float) -> np.ndarray:
+    """y[n] = x[n] - k * x[n-1] with x[-1] = 0 (a first-order high-pass that lifts the consonants)."""
+    return scipy.signal.lfilter([1.0, -k], [1.0], wav).astype(np.float32)
+
+
+def _amp_to_db(x: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    floor = 10.0 ** (cfg.min_level_db / 20.0)  # 1e-5 for min_level_db = -100
+    return 20.0 * np.log10(np.maximum(floor, x)) - cfg.ref_level_db
+
+
+def _normalize(db: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """Map [min_level_db, 0] dB linearly onto [-m, m] (m = max_abs_value), clipping outside."""
+    m = cfg.max_abs_value
+    scaled = 2.0 * m * ((db - cfg.min_level_db) / -cfg.min_level_db) - m
+    return scaled
+
+
+def melspectrogram(wav: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """Normalised mel spectrogram of a mono waveform.
+
+    wav: (n_samples,) float mono at cfg.sample_rate, values in [-1, 1]; must not be empty.
+    Returns (n_mels, 1 + n_samples // hop_length) float32 in [-max_abs_value, max_abs_value].
+    """
+    wav = np.asarray(wav)
+    if wav.ndim != 1:
+        raise ValueError(f"expected mono audio of shape (n_samples,), got {wav.shape}")
+    if wav.size == 0:
+        raise ValueError("cannot compute a mel spectrogram of empty audio")
+    emphasised = _preemphasis(wav.astype(np.float32, copy=False), cfg.preemphasis)
+    spec = np.abs(
+        librosa.stft(
+            emphasised,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.win_length,
+            center=True,
+            pad_mode=cfg.stft_pad_mode,
+        )
+    )  # (1 + n_fft // 2, T)
+    mel = _mel_basis(cfg) @ spec  # (n_mels, T)
+    return _normalize(_amp_to_db(mel, cfg), cfg).astype(np.float32)
+
+
+def mel_windows(mel: np.ndarray, n_frames: int, cfg: AudioConfig, start: int = 0) -> np.ndarray:
+    """Mel windows for video frames start .. start + n_frames - 1.
+
+    mel: (n_mels, T) from `melspectrogram`. Returns (n_frames, n_mels, mel_window) float32 where
+    row i is mel[:, s : s + mel_window] with s = mel_window_start(start + i).
+
+    Padding: near the end of the audio a window runs past the last mel frame (for the last
+    ~mel_window / (mel frames per video frame) = 5 video frames with the defaults). Those columns
+    are filled with the silence value -max_abs_value rather than by shifting the window back
+    (Wav2Lip) or repeating the last column: the audio has ended, so the mouth should see silence,
+    and every frame keeps the same alignment, which training and render share.
+    """
+    if mel.ndim != 2 or mel.shape[0] != cfg.n_mels:
+        raise ValueError(f"expected mel of shape ({cfg.n_mels}, T), got {mel.shape}")
+    if n_frames < 0 or start < 0:
+        raise ValueError(f"n_frames and start must be >= 0, got n_frames={n_frames}, start={start}")
+    width = cfg.mel_window
+    if n_frames == 0:
+        return np.zeros((0, cfg.n_mels, width), dtype=np.float32)
+    starts = mel_window_start(np.arange(start, start + n_frames, dtype=np.int64), cfg)  # (n_frames,)
+    # Work on the columns this frame range touches only, so a shard of long audio copies little.
+    lo, hi = int(starts[0]), int(starts[-1]) + width
+    span = mel[:, lo:hi]  # (n_mels, <= hi - lo)
+    if span.shape[1] < hi - lo:
+        pad = np.full((cfg.n_mels, hi - lo - span.shape[1]), silence_value(cfg), dtype=mel.dtype)
+        span = np.concatenate([span, pad], axis=1)  # (n_mels, hi - lo)
+    cols = (starts - lo)[:, None] + np.arange(width)  # (n_frames, width)
+    windows = span[:, cols]  # (n_mels, n_frames, width)
+    return np.ascontiguousarray(windows.transpose(1, 0, 2), dtype=np.float32)

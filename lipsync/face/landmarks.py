@@ -1,0 +1,75 @@
+"""MediaPipe Face Mesh landmarks, one face per frame, in pixel coordinates.
+
+`mediapipe==0.10.14` ships the Face Mesh models inside its wheel, so this works offline. The
+detector runs in video (tracking) mode: after the first detection it tracks the face from the
+previous frame's landmarks, which is both faster and steadier than detecting every frame. Feed it
+the frames of one video in order; use a new detector for another video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+
+import cv2
+import numpy as np
+
+N_LANDMARKS = 468  # Face Mesh without iris refinement
+
+
+class FaceMeshDetector:
+    """One MediaPipe Face Mesh graph; `detect(frame_bgr)` -> (468, 2) float32 pixels or None.
+
+    Use as a context manager (or call `close()`): the graph holds native threads and buffers.
+    """
+
+    def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5):
+        # Imported here so that `lipsync.face.geometry` users do not pay for mediapipe's import.
+        from mediapipe.python.solutions import face_mesh
+
+        self._mesh = face_mesh.FaceMesh(
+            static_image_mode=False,  # video mode: track between frames
+            max_num_faces=1,
+            refine_landmarks=False,  # 468 points; iris points are not needed
+            min_detection_confidence=min_detection_confidence,
+            min_tracking_confidence=min_tracking_confidence,
+        )
+        self._closed = False
+
+    def detect(self, frame_bgr: np.ndarray) -> np.ndarray | None:
+        """Landmarks of the face in `frame_bgr` ((H, W, 3) uint8 BGR) as (468, 2) float32 (x, y)
+        pixels of that frame, or None when no face is found."""
+        if self._closed:
+            raise RuntimeError("FaceMeshDetector is closed")
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"expected a (H, W, 3) uint8 BGR image, got {frame_bgr.shape} {frame_bgr.dtype}")
+        height, width = frame_bgr.shape[:2]
+        rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+        result = self._mesh.process(rgb)
+        if not result.multi_face_landmarks:
+            return None
+        points = result.multi_face_landmarks[0].landmark
+        # MediaPipe gives (x, y) normalised to the image size: (468, 2) -> pixels.
+        xy = np.array([(p.x, p.y) for p in points], dtype=np.float32)
+        xy *= np.array([width, height], dtype=np.float32)
+        return xy
+
+    def detect_all(self, frames: Iterable[np.ndarray]) -> list[np.ndarray | None]:
+        """`detect` over the frames of one video, in order."""
+        return [self.detect(frame) for frame in frames]
+
+    def close(self) -> None:
+        if not self._closed:
+            self._mesh.close()
+            self._closed = True
+
+    def __enter__(self) -> FaceMeshDetector:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
