@@ -21,6 +21,11 @@ console = Console(stderr=True)
 EXIT_INPUT_ERROR = 2
 
 
+@app.callback()
+def _group() -> None:
+    """Lip-sync dubbing engine: prepare | train | render | dub | eval."""
+
+
 def fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_INPUT_ERROR)

@@ -42,8 +42,8 @@ class AudioConfig:
     # Shape the (2*context, feature_dim) feature stack is reshaped to for the generator
     # (C-order); `ave` 16x512 -> (32, 16, 16). Its product must equal 2 * context * feature_dim.
     context_shape: tuple[int, int, int] = (32, 16, 16)
-    # STFT edge padding (center=True). "reflect" is what Wav2Lip's librosa (<0.10) did; librosa
-    # >= 0.10 defaults to "constant". Only the first and last two mel frames differ.
+    # STFT edge padding (center=True). "reflect" was the default of the older librosa Wav2Lip
+    # used; librosa >= 0.10 defaults to "constant". Only the first and last two mel frames differ.
     stft_pad_mode: str = "reflect"
 
     @property
@@ -81,6 +81,25 @@ class PrepareConfig:
     max_duration_s: float = 1800.0
     audio: AudioConfig = field(default_factory=AudioConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """`lipsync render` and the dub actors (see configs/render.yaml)."""
+
+    batch_size: int = 1  # frames per generator forward (1 is fastest on CPU, see BENCHMARKS.md)
+    device: str = "auto"
+    bf16: bool = True  # autocast on GPU only
+    channels_last: bool = True  # measured faster on CPU for this UNet
+    crf: int = 20
+    crf_enhance: int = 18
+    x264_preset: str = "veryfast"
+    pix_fmt: str = "yuv420p"
+    audio_bitrate: str = "128k"
+    feature_batch_size: int = 64  # mel windows per AudioEncoder forward
+    queue_depth: int = 4  # batches in flight between decode, model and encode threads
+    max_audio_seconds: float = 3600.0
+    torch_threads: int = 0  # 0 = leave torch's default
 
 
 def _coerce(tp: Any, value: Any) -> Any:

@@ -61,6 +61,11 @@ def test_crop_pads_by_edge_replication():
     # A box that misses the frame entirely still gives a valid crop of the nearest edge pixel.
     far = geo.crop(frame, (200, 200, 210, 210), 16)
     assert far.shape == (16, 16, 3) and np.all(far == frame[-1, -1])
+    left = geo.crop(frame, (-30, 10, -10, 30), 20)  # left of the frame, rows 10..29
+    assert np.array_equal(left, np.repeat(frame[10:30, :1], 20, axis=1))
+    # A crop at its own size is a copy, never a view into the caller's frame.
+    same = geo.crop(frame, (0, 0, 50, 50), 50)
+    assert np.array_equal(same, frame[:50, :50]) and not np.shares_memory(same, frame)
 
 
 def test_crop_rejects_non_square_boxes():
@@ -81,13 +86,14 @@ def test_paste_constant_crop_fills_centre_and_leaves_outside_untouched():
     assert np.array_equal(pasted[outside], frame[outside])
     ramp = round(CFG.feather * (x1 - x0))
     assert np.all(pasted[y0 + ramp : y1 - ramp, x0 + ramp : x1 - ramp] == colour)
-    # Feathered: along a row through the middle, the distance to the pasted colour shrinks
-    # monotonically from the box border to the centre, and the border is mostly the old frame.
-    row = (y0 + y1) // 2
-    dist = np.abs(pasted[row, x0 : (x0 + x1) // 2].astype(float) - colour).sum(axis=1)
-    assert np.all(np.diff(dist) <= 1e-9 + 3)  # rounding of the old frame's texture aside
-    assert dist[0] > 0.8 * np.abs(frame[row, x0].astype(float) - colour).sum()
-    assert dist[-1] == 0
+    # Feathered: on a flat frame, each pixel along a row through the middle moves from the old
+    # colour (at the box border) monotonically to the pasted colour (at the centre).
+    flat = np.full_like(frame, 200)
+    row = geo.paste_back(flat, box, crop_full, CFG)[(y0 + y1) // 2, x0 : (x0 + x1) // 2].astype(int)
+    dist = np.abs(row - colour).sum(axis=1)
+    assert np.all(np.diff(dist) <= 0) and dist[-1] == 0
+    assert dist[0] > 0.95 * np.abs(200 - colour.astype(int)).sum()  # the border is almost the old frame
+    assert len(np.unique(dist)) > ramp // 2  # a ramp, not a step
 
 
 def test_feather_mask_is_monotone_from_border_to_centre():
@@ -225,9 +231,8 @@ def test_contact_sheet_grid_and_png(tmp_path):
     sheet = preview.contact_sheet(imgs, cols=3, cell=64)
     assert sheet.shape == (128, 192, 3)
     assert np.all(sheet[64:, 128:] == 0)  # the sixth cell is empty
-    assert np.all(sheet[60, 60] == 160) is False or True  # cell contents are scaled copies
     assert np.all(sheet[40, 100] == 40) and np.all(sheet[100, 100] == 160)
-    assert sheet[5, 5].max() > 200  # the white index label in the corner
+    assert sheet[:20, :20].max() > 200 and sheet[40:64, :40].max() == 0  # white label "0" top-left
     path = tmp_path / "sheet.png"
     preview.write_png(path, sheet)
     assert np.array_equal(cv2.imread(str(path)), sheet)
@@ -244,6 +249,7 @@ def _decode_frames(path: Path, count: int) -> list[np.ndarray]:
 
 @pytest.mark.media
 @pytest.mark.integration
+@pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype")
 @pytest.mark.skipif(not OBAMA.exists(), reason=f"real media not found at {MEDIA}")
 def test_obama_landmarks_and_crop_boxes():
     from lipsync.face.landmarks import FaceMeshDetector
@@ -276,6 +282,7 @@ def test_obama_landmarks_and_crop_boxes():
     assert np.abs(pasted.astype(np.int16) - frames[0]).mean() < 1.0
 
 
+@pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype")
 def test_detector_finds_no_face_in_a_blank_image_and_closes():
     from lipsync.face.landmarks import FaceMeshDetector
 

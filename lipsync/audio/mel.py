@@ -72,7 +72,7 @@ def _normalize(db: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     """Map [min_level_db, 0] dB linearly onto [-m, m] (m = max_abs_value), clipping outside."""
     m = cfg.max_abs_value
     scaled = 2.0 * m * ((db - cfg.min_level_db) / -cfg.min_level_db) - m
-    return scaled
+    return np.clip(scaled, -m, m)
 
 
 def melspectrogram(wav: np.ndarray, cfg: AudioConfig) -> np.ndarray:
@@ -109,9 +109,10 @@ def mel_windows(mel: np.ndarray, n_frames: int, cfg: AudioConfig, start: int = 0
 
     Padding: near the end of the audio a window runs past the last mel frame (for the last
     ~mel_window / (mel frames per video frame) = 5 video frames with the defaults). Those columns
-    are filled with the silence value -max_abs_value rather than by shifting the window back
-    (Wav2Lip) or repeating the last column: the audio has ended, so the mouth should see silence,
-    and every frame keeps the same alignment, which training and render share.
+    are filled with the silence value -max_abs_value rather than by shifting the window back to
+    end at the last mel frame (Wav2Lip's inference) or repeating the last column: the audio has
+    ended, so the mouth should see silence, and every frame keeps the same alignment, which
+    training and render share.
     """
     if mel.ndim != 2 or mel.shape[0] != cfg.n_mels:
         raise ValueError(f"expected mel of shape ({cfg.n_mels}, T), got {mel.shape}")

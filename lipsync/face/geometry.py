@@ -122,18 +122,26 @@ def crop(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
     """Cut `box` out of `frame` and resize it to (size, size, 3).
 
     Parts of the box outside the frame repeat the frame's edge pixels (cv2.BORDER_REPLICATE), so
-    the crop is valid for any box, even one entirely outside the frame.
+    the crop is valid for any box, even one entirely outside the frame (then it is the nearest
+    edge pixel).
     """
     x0, y0, x1, y1, _ = _check_box(box)
     height, width = frame.shape[:2]
     if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
         patch = frame[y0:y1, x0:x1]
+    elif x0 < width and y0 < height and x1 > 0 and y1 > 0:
+        # Partly outside: pad the in-frame part by repeating its edge pixels.
+        fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        patch = cv2.copyMakeBorder(
+            frame[fy0:fy1, fx0:fx1], fy0 - y0, y1 - fy1, fx0 - x0, x1 - fx1, cv2.BORDER_REPLICATE
+        )
     else:
-        # Clamping the sampled rows/columns to the frame is exactly edge replication
-        # (cv2.BORDER_REPLICATE), and it also works for a box that misses the frame entirely.
+        # Entirely outside: clamping the sampled rows/columns is the same edge replication.
         rows = np.clip(np.arange(y0, y1), 0, height - 1)
         cols = np.clip(np.arange(x0, x1), 0, width - 1)
         patch = frame[rows[:, None], cols[None, :]]  # (side, side, 3)
+    if patch.shape[0] == size:
+        return patch.copy()  # never hand out a view into the caller's frame
     return _resize(patch, size)
 
 

@@ -42,7 +42,7 @@ def _put_label(img: np.ndarray, text: str) -> None:
 
 
 def contact_sheet(
-    images: Sequence[np.ndarray], cols: int = 8, cell: int = 128, labels: Sequence[str] | None = None
+    images: Sequence[np.ndarray], cols: int = 8, cell: int = 128, labels: Sequence[str | int] | None = None
 ) -> np.ndarray:
     """Grid of `images` (BGR or grey), each fitted into a cell x cell square with its label (by
     default its index in `images`; pass frame numbers as `labels`) in the top-left corner.

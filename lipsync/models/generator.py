@@ -111,34 +111,52 @@ class Up(nn.Module):
         return self.conv(torch.cat([x, skip], dim=1))  # (N, C_x + C_skip, h, w) -> (N, cout, h, w)
 
 
-def audio_reduction_strides(audio_hw: tuple[int, int], target: int) -> list[tuple[int, int]]:
-    """Per-conv (stride_h, stride_w) that halve each audio axis while it stays >= target.
+def _axis_steps(side: int, target: int) -> list[tuple[int, int]]:
+    """(stride, padding) of the 3x3 convs that take one audio axis from `side` down to `target`.
 
-    At least two reduction convs are always built (the SyncTalk_2D audio branch has two); the rest
-    of the way to the bottleneck size is adaptive pooling or interpolation.
+    Halve (stride 2, padding 1) while the result stays >= target; if the side is still above
+    target, one more stride-2 conv with just enough padding lands on it exactly (for ave at
+    S=320: 16 -> 10 with padding 3, the SyncTalk_2D audio branch).
     """
-    halvings = []
-    for side in audio_hw:
-        n = 0
-        while -(-side // 2) >= target:
-            side = -(-side // 2)
-            n += 1
-        halvings.append(n)
-    n_convs = max(2, *halvings)
-    return [(2 if i < halvings[0] else 1, 2 if i < halvings[1] else 1) for i in range(n_convs)]
+    steps = []
+    while -(-side // 2) >= target:
+        side = -(-side // 2)
+        steps.append((2, 1))
+    if side > target:
+        pad = 1
+        while (side + 2 * pad - 3) // 2 + 1 < target:
+            pad += 1
+        steps.append((2, pad))
+    return steps
+
+
+def audio_reduction_plan(audio_hw: tuple[int, int], target: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Per reduction conv: ((stride_h, stride_w), (pad_h, pad_w)), mapping audio_hw to target x target.
+
+    At least two reduction convs are built (as in SyncTalk_2D); an axis's steps are taken by the
+    last convs, the earlier ones keep its size (stride 1, padding 1).
+    """
+    per_axis = [_axis_steps(side, target) for side in audio_hw]
+    n_convs = max(2, *(len(steps) for steps in per_axis))
+    padded = [[(1, 1)] * (n_convs - len(steps)) + steps for steps in per_axis]
+    return [((h[0], w[0]), (h[1], w[1])) for h, w in zip(*padded)]
 
 
 class ConvBNReLU(nn.Sequential):
-    def __init__(self, cin: int, cout: int, stride: tuple[int, int]):
+    def __init__(self, cin: int, cout: int, stride: tuple[int, int], padding: tuple[int, int]):
         super().__init__(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.Conv2d(cin, cout, 3, stride, padding, bias=False),
             nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True),
         )
 
 
 class AudioBranch(nn.Module):
-    """(N, A, ah, aw) audio features -> (N, widths[4], b, b) at the generator's bottleneck size b."""
+    """(N, A, ah, aw) audio features -> (N, widths[4], b, b) at the generator's bottleneck size b.
+
+    Strided convs do the reduction (see audio_reduction_plan); features smaller than b (a
+    backend with fewer frames than the bottleneck is wide) are interpolated up at the end.
+    """
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
@@ -150,15 +168,15 @@ class AudioBranch(nn.Module):
         )
         reduce: list[nn.Module] = []
         cin = w[2]
-        for i, stride in enumerate(audio_reduction_strides(config.audio_hw, self.target)):
+        for i, (stride, padding) in enumerate(audio_reduction_plan(config.audio_hw, self.target)):
             cout = w[3] if i == 0 else w[4]
-            reduce += [ConvBNReLU(cin, cout, stride), InvertedResidual(cout, cout, 1, e)]
+            reduce += [ConvBNReLU(cin, cout, stride, padding), InvertedResidual(cout, cout, 1, e)]
             cin = cout
         self.reduce = nn.Sequential(*reduce)
         self.tail = InvertedResidual(w[4], w[4], 1, e)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        x = self.tail(self.reduce(self.stem(audio)))  # (N, w4, h', w')
+        x = self.tail(self.reduce(self.stem(audio)))  # (N, w4, b, b) unless ah or aw < b
         return self._resize_to_bottleneck(x)  # (N, w4, b, b)
 
     def _resize_to_bottleneck(self, x: torch.Tensor) -> torch.Tensor:

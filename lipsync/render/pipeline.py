@@ -1,0 +1,306 @@
+"""Render: a character bundle + an audio file -> a dubbed video.
+
+`render_segment` is the unit the cluster job runs per shard: frames [a, b) of an item depend only
+on (character, audio features, a, b, start_frame), so shards rendered anywhere and concatenated
+equal one render of the whole item. Inside a segment three stages overlap:
+
+    reader thread:  template JPEG -> crop -> model inputs   (batches of B frames)
+    this thread:    generator forward                        (the only stage that uses the device)
+    writer thread:  crop -> paste-back -> ffmpeg encoder pipe
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from lipsync.audio.features import context_range, encode_frames
+from lipsync.audio.mel import mel_windows, melspectrogram, num_video_frames
+from lipsync.config import RenderConfig
+from lipsync.data.inputs import generator_input, to_image
+from lipsync.device import autocast_dtype
+from lipsync.errors import InputError
+from lipsync.face import geometry
+from lipsync.io import media
+
+ProgressFn = Callable[[int, int], None]
+
+FEATURE_CHUNK_FRAMES = 1024  # mel windows built per chunk, so memory stays flat with audio length
+
+
+@dataclass
+class SegmentStats:
+    frames: int = 0
+    no_face: int = 0  # template frames without a detected face: written unchanged
+    nonfinite: int = 0  # model outputs with NaN/inf: the template frame is written instead
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+
+    def add(self, other: "SegmentStats") -> None:
+        for name in ("frames", "no_face", "nonfinite", "seconds", "model_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class RenderResult:
+    out: str
+    frames: int
+    duration: float
+    stats: SegmentStats = field(default_factory=SegmentStats)
+
+
+@dataclass
+class _Batch:
+    indices: list[int]  # output frame indices k
+    frames: list[np.ndarray]  # full template frames (H, W, 3)
+    boxes: list[np.ndarray]
+    crops: list[np.ndarray]  # (S+2m, S+2m, 3) crops
+    passthrough: list[bool]  # no face in the template: written unchanged
+    inputs: np.ndarray  # (B, 6, S, S) float32
+    audio: np.ndarray  # (B, *context_shape) float32
+
+
+_END = object()
+
+
+# ---------------------------------------------------------------------------------------------
+# audio
+
+
+def load_audio(audio_path: str | Path, cfg: RenderConfig, sample_rate: int) -> np.ndarray:
+    """Decode and validate the audio: empty, corrupt, non-audio and too-long inputs are InputErrors."""
+    wav = media.read_audio(audio_path, sample_rate)
+    duration = wav.size / sample_rate
+    if duration > cfg.max_audio_seconds:
+        raise InputError(audio_path, f"audio is {duration:.0f} s long; the maximum is {cfg.max_audio_seconds:.0f} s "
+                                     "(raise max_audio_seconds to allow it)")
+    if wav.size < sample_rate / 25:  # less than one video frame
+        raise InputError(audio_path, "audio is shorter than one video frame (40 ms)")
+    return wav
+
+
+def audio_features(character, wav: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Per-output-frame AudioEncoder features (N, 512), N = ceil(duration * fps), computed in chunks."""
+    cfg = character.audio
+    mel = melspectrogram(wav, cfg)
+    n = num_video_frames(wav.size, cfg)
+    device = next(character.audio_encoder.parameters()).device
+    chunks = []
+    for lo in range(0, n, FEATURE_CHUNK_FRAMES):
+        hi = min(n, lo + FEATURE_CHUNK_FRAMES)
+        chunks.append(encode_frames(character.audio_encoder, mel_windows(mel, hi - lo, cfg, start=lo),
+                                    batch_size=batch_size, device=device))
+    return np.concatenate(chunks) if chunks else np.zeros((0, cfg.feature_dim), np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the three stages
+
+
+def _read_batches(character, feats: np.ndarray, a: int, b: int, start_frame: int, batch_size: int
+                  ) -> Iterator[_Batch]:
+    """Template frames for output frames [a, b), cropped and turned into model inputs."""
+    size, margin = character.size, character.margin
+    no_face = character.frames_without_face
+    for lo in range(a, b, batch_size):
+        hi = min(b, lo + batch_size)
+        batch = _Batch(list(range(lo, hi)), [], [], [], [], None, context_range(feats, lo, hi, character.audio))
+        inputs = []
+        for k in batch.indices:
+            t = geometry.bounce(k + start_frame, character.n_templates)
+            frame = cv2.imread(str(character.template_path(t)), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise InputError(character.template_path(t), "template frame is missing or unreadable")
+            box = character.boxes[t]
+            crop_full = geometry.crop(frame, box, size + 2 * margin)
+            face = geometry.inner(crop_full, margin)
+            batch.frames.append(frame)
+            batch.boxes.append(box)
+            batch.crops.append(crop_full)
+            batch.passthrough.append(t in no_face)
+            inputs.append(generator_input(face, face, character.geometry))
+        batch.inputs = np.stack(inputs)
+        yield batch
+
+
+def _run_model(character, batch: _Batch, device: torch.device, amp: torch.dtype | None,
+               channels_last: bool) -> np.ndarray:
+    """(B, 6, S, S) + (B, 32, 16, 16) -> (B, 3, S, S) float32 on the CPU."""
+    x = torch.from_numpy(batch.inputs).to(device, non_blocking=True)
+    audio = torch.from_numpy(batch.audio).to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+    with torch.inference_mode(), ctx:
+        out = character.generator(x, audio)
+    return out.float().cpu().numpy()
+
+
+def _paste(character, batch: _Batch, outputs: np.ndarray, stats: SegmentStats) -> Iterator[np.ndarray]:
+    m, s = character.margin, character.size
+    for i in range(len(batch.indices)):
+        frame = batch.frames[i]
+        if batch.passthrough[i]:
+            stats.no_face += 1
+            yield frame
+            continue
+        if not np.isfinite(outputs[i]).all():
+            stats.nonfinite += 1
+            yield frame
+            continue
+        crop_full = batch.crops[i].copy()
+        crop_full[m:m + s, m:m + s] = to_image(outputs[i])
+        yield geometry.paste_back(frame, batch.boxes[i], crop_full, character.geometry)
+
+
+class _Stage(threading.Thread):
+    """A daemon thread that moves items between bounded queues and remembers its exception."""
+
+    def __init__(self, target):
+        super().__init__(daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            self.error = e
+
+
+def _put(q: queue.Queue, item, stop: threading.Event, consumer: threading.Thread | None = None) -> bool:
+    """Put unless stopped or the consumer died (then the item could never be taken)."""
+    while not stop.is_set() and (consumer is None or consumer.is_alive()):
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, producer: threading.Thread, stop: threading.Event):
+    """Next item; _END when stopped or the producer died without sending one (its error is raised later)."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if not producer.is_alive() and q.empty():
+                return _END
+    return _END
+
+
+def render_segment(character, feats: np.ndarray, a: int, b: int, out_path: str | Path, *,
+                   cfg: RenderConfig = RenderConfig(), crf: int | None = None, start_frame: int = 0,
+                   audio_path: str | Path | None = None, progress: ProgressFn | None = None) -> SegmentStats:
+    """Render output frames [a, b) into an H.264 mp4 at `out_path` (a local file)."""
+    if not 0 <= a < b <= len(feats):
+        raise ValueError(f"frame range [{a}, {b}) is not inside [0, {len(feats)})")
+    started = time.perf_counter()
+    device = next(character.generator.parameters()).device
+    amp = autocast_dtype(device, cfg.bf16)
+    channels_last = cfg.channels_last
+    settings = media.EncodeSettings(crf=cfg.crf if crf is None else crf, preset=cfg.x264_preset,
+                                    pix_fmt=cfg.pix_fmt, audio_bitrate=cfg.audio_bitrate)
+    width, height = character.frame_size
+    stats = SegmentStats()
+    stop = threading.Event()
+    to_model: queue.Queue = queue.Queue(cfg.queue_depth)
+    to_writer: queue.Queue = queue.Queue(cfg.queue_depth)
+
+    def read() -> None:
+        for batch in _read_batches(character, feats, a, b, start_frame, cfg.batch_size):
+            if not _put(to_model, batch, stop):
+                return
+        _put(to_model, _END, stop)
+
+    with media.VideoWriter(out_path, width, height, settings, audio=audio_path) as writer:
+
+        def write() -> None:
+            while True:
+                item = _get(to_writer, model_thread, stop)
+                if item is _END:
+                    return
+                batch, outputs = item
+                for frame in _paste(character, batch, outputs, stats):
+                    writer.write(frame)
+                stats.frames += len(batch.indices)
+                if progress:
+                    progress(stats.frames, b - a)
+
+        model_thread = threading.current_thread()
+        reader, painter = _Stage(read), _Stage(write)
+        reader.start()
+        painter.start()
+        try:
+            while True:
+                batch = _get(to_model, reader, stop)
+                if batch is _END:
+                    break
+                t0 = time.perf_counter()
+                outputs = _run_model(character, batch, device, amp, channels_last)
+                stats.model_seconds += time.perf_counter() - t0
+                if not _put(to_writer, (batch, outputs), stop, painter):
+                    break
+            _put(to_writer, _END, stop, painter)
+            painter.join()
+        finally:
+            stop.set()
+            reader.join()
+            painter.join(timeout=30)
+        for stage in (reader, painter):
+            if stage.error is not None:
+                raise stage.error
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# one file
+
+
+def render(character_uri: str, audio_uri: str, out_uri: str, cfg: RenderConfig = RenderConfig(), *,
+           enhance: bool = False, crf: int | None = None, start_frame: int = 0, overwrite: bool = False,
+           progress: ProgressFn | None = None, character=None) -> RenderResult:
+    """Dub `audio_uri` with the character at `character_uri`; the mp4 appears at `out_uri` only when done."""
+    from lipsync.bundle import load_character
+    from lipsync.device import resolve_device
+    from lipsync.errors import OutputExistsError
+    from lipsync.io import storage
+
+    # 1. check inputs and output
+    if storage.exists(out_uri) and not overwrite:
+        raise OutputExistsError(out_uri)
+    if start_frame < 0:
+        raise InputError(None, f"--start-frame must be >= 0, got {start_frame}")
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    # 2. load the character (once), decode the audio, compute features
+    if character is None:
+        character = load_character(character_uri, device=resolve_device(cfg.device))
+        prepare_for_inference(character, cfg)
+    with storage.local_copy(audio_uri) as audio_path:
+        wav = load_audio(audio_path, cfg, character.audio.sample_rate)
+        feats = audio_features(character, wav, cfg.feature_batch_size)
+        # 3. render all frames into one file, audio muxed in the same pass, then publish
+        with storage.atomic_file(out_uri) as tmp:
+            stats = render_segment(character, feats, 0, len(feats), tmp, cfg=cfg,
+                                   crf=crf if crf is not None else (cfg.crf_enhance if enhance else cfg.crf),
+                                   start_frame=start_frame, audio_path=audio_path, progress=progress)
+    return RenderResult(out=out_uri, frames=len(feats), duration=wav.size / character.audio.sample_rate,
+                        stats=stats)
+
+
+def prepare_for_inference(character, cfg: RenderConfig) -> None:
+    """Put the generator in the memory format measured fastest (channels_last; see BENCHMARKS.md)."""
+    if cfg.channels_last:
+        character.generator.to(memory_format=torch.channels_last)
