@@ -42,19 +42,28 @@ def input_errors_exit_2() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, unit: str = "frames") -> Iterator[Callable[..., None]]:
-    """A rich progress bar; yields `update(done, total, **fields)`."""
-    with Progress(
+def progress_bar(description: str) -> Iterator[Callable[..., None]]:
+    """A rich progress bar, shown from the first update on (so an early input error prints one
+    line only); yields `update(done, total, extra="")`."""
+    bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn(),
         console=console, transient=False,
-    ) as bar:
-        task = bar.add_task(description, total=None, extra="")
+    )
+    task = None
 
-        def update(done: int, total: int | None = None, extra: str = "") -> None:
-            bar.update(task, completed=done, total=total, extra=extra)
+    def update(done: int, total: int | None = None, extra: str = "") -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(description, total=total, extra=extra)
+        bar.update(task, completed=done, total=total, extra=extra)
 
+    try:
         yield update
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 @app.command()

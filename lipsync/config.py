@@ -102,6 +102,29 @@ class RenderConfig:
     torch_threads: int = 0  # 0 = leave torch's default
 
 
+@dataclass(frozen=True)
+class DubConfig:
+    """`lipsync dub` and jobs/batch_dub.py: the Ray pipeline (see configs/dub.yaml, docs/CLUSTER.md).
+
+    `render` holds the per-frame settings the render actors use; its defaults come from
+    configs/render.yaml (see lipsync.dub.load_config). `render.device` is not used: `device` is.
+    """
+
+    shard_frames: int = 250  # frames per render task (one encoded segment each)
+    actors: int = 1  # render actors (the minimum when max_actors > actors)
+    max_actors: int = 0  # > actors: an autoscaling pool of actors..max_actors; else a fixed pool
+    device: str = "auto"  # cpu | cuda | auto (cuda when the cluster has GPUs now)
+    actor_cpus: float = 1.0  # CPUs reserved per render actor (Ray sets its OMP/torch threads from this)
+    actor_gpus: float = 1.0  # GPUs per render actor when device is cuda
+    plan_cpus: float = 1.0  # per planning task (audio decode + audio encoder)
+    stitch_cpus: float = 0.0  # per stitch task (ffmpeg -c copy + AAC): light, must not wait for actors
+    max_concurrent_stitches: int = 4  # stitch tasks in flight at once
+    character_cache: int = 2  # characters kept loaded per actor / planning worker (LRU)
+    feature_cache: int = 4  # items' audio features kept per actor (LRU)
+    progress_interval_s: float = 10.0  # seconds between progress lines in job logs
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+
 def _coerce(tp: Any, value: Any) -> Any:
     """Turn a YAML value into the annotated type (nested dataclasses, tuples, floats)."""
     if dataclasses.is_dataclass(tp):

@@ -394,7 +394,11 @@ def start_ray_head(num_cpus: int = 2, timeout_s: float = RAY_START_TIMEOUT_S) ->
     temp_dir = Path(tempfile.mkdtemp(prefix="rt_", dir="/tmp"))
     ports = pick_ray_ports()
     log_path = temp_dir / "ray_start.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Job entrypoints are shell commands ("python job.py"): put this interpreter's bin dir first on
+    # PATH, as an activated venv would, so jobs run in the environment the tests run in.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     t0 = time.monotonic()
     proc = launch_in_own_group(ray_head_command(ray, ports, temp_dir, num_cpus), log_path, env=env)
     head = RayHead(gcs_address=f"{HOST}:{ports['gcs']}", dashboard_url=f"http://{HOST}:{ports['dashboard']}",

@@ -39,7 +39,7 @@ def fill_missing(landmarks: Sequence[np.ndarray | None]) -> tuple[np.ndarray, li
     values = np.stack([np.asarray(landmarks[i], dtype=np.float64) for i in known])  # (K, P, 2)
 
     frames = np.arange(len(landmarks))
-    # For every frame, the known frames on either side (clipped at the ends) and the weight of the right one.
+    # Per frame: the known frames on either side (clipped at the ends), the right one's weight.
     left = np.clip(np.searchsorted(known, frames, side="right") - 1, 0, known.size - 1)
     right = np.minimum(left + 1, known.size - 1)
     span = known[right] - known[left]
@@ -65,7 +65,8 @@ def smooth(landmarks: np.ndarray, window: int) -> np.ndarray:
     frames = np.arange(n)
     half = np.minimum(np.minimum(window // 2, frames), n - 1 - frames)  # (N,)
     # Prefix sums in float64: sum of frames [a, b) = csum[b] - csum[a].
-    csum = np.concatenate([np.zeros_like(landmarks[:1], dtype=np.float64), np.cumsum(landmarks, axis=0, dtype=np.float64)])
+    csum = np.cumsum(landmarks, axis=0, dtype=np.float64)
+    csum = np.concatenate([np.zeros_like(csum[:1]), csum])  # (N + 1, P, 2)
     sums = csum[frames + half + 1] - csum[frames - half]  # (N, P, 2)
     return (sums / (2 * half + 1)[:, None, None]).astype(np.float32)
 
@@ -93,12 +94,11 @@ def crop_boxes(lms: np.ndarray, cfg: GeometryConfig) -> np.ndarray:
     if np.any(side < 2.0):
         bad = int(np.argmax(side < 2.0))
         raise ValueError(f"degenerate face box at frame {bad}: jaw width {side[bad]:.1f} px")
-    # Grow about the centre of the seed's square by box_expand (1.0 = the seed's box).
-    centre_x = x_min + side / 2
-    centre_y = y_min + side / 2
-    side = np.maximum(np.rint(side * cfg.box_expand), 2.0)
-    x0 = np.rint(centre_x - side / 2)
-    y0 = np.rint(centre_y - side / 2)
+    # Grow about the centre of the seed's square by box_expand (1.0 = exactly the seed's box).
+    grow = side * (cfg.box_expand - 1.0)
+    x0 = np.rint(x_min - grow / 2)
+    y0 = np.rint(y_min - grow / 2)
+    side = np.maximum(np.rint(side + grow), 2.0)
     return np.stack([x0, y0, x0 + side, y0 + side], axis=1).astype(np.int64)
 
 
@@ -148,7 +148,8 @@ def crop(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
 def to_crop_coords(points: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
     """Map (..., 2) frame pixel coordinates into the coordinates of `crop(frame, box, size)`."""
     x0, y0, _, _, side = _check_box(box)
-    return ((np.asarray(points, dtype=np.float32) - np.array([x0, y0], np.float32)) * (size / side)).astype(np.float32)
+    offset = np.asarray(points, dtype=np.float32) - np.array([x0, y0], np.float32)
+    return (offset * (size / side)).astype(np.float32)
 
 
 # --- model input ---------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def inner(crop_full: np.ndarray, margin: int) -> np.ndarray:
 
 
 def mask_rect(size: int, cfg: GeometryConfig) -> Box:
-    """cfg.mask_box (fractions of S) as pixel bounds (x0, y0, x1, y1), end-exclusive, in an S x S image."""
+    """cfg.mask_box (fractions of S) as end-exclusive pixel bounds (x0, y0, x1, y1) in S x S."""
     fx0, fy0, fx1, fy1 = cfg.mask_box
     return round(fx0 * size), round(fy0 * size), round(fx1 * size), round(fy1 * size)
 

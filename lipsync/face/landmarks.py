@@ -42,7 +42,7 @@ class FaceMeshDetector:
         if self._closed:
             raise RuntimeError("FaceMeshDetector is closed")
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"expected a (H, W, 3) uint8 BGR image, got {frame_bgr.shape} {frame_bgr.dtype}")
+            raise ValueError(f"expected (H, W, 3) uint8 BGR, got {frame_bgr.shape} {frame_bgr.dtype}")
         height, width = frame_bgr.shape[:2]
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         result = self._mesh.process(rgb)

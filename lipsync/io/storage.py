@@ -33,7 +33,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.utils import get_protocol, stringify_path
 
-from lipsync.errors import OutputExistsError
+from lipsync.errors import InputError, OutputExistsError
 
 ENDPOINT_ENV = "LIPSYNC_S3_ENDPOINT"
 FALLBACK_ENDPOINT_ENV = "AWS_ENDPOINT_URL"
@@ -195,9 +195,9 @@ def local_copy(uri: Uri) -> Iterator[Path]:
     fresh temp dir, which is removed on exit: for tools that need a real path (ffmpeg, cv2).
     """
     fs, path = filesystem(uri)
+    if not fs.exists(path):
+        raise InputError(_as_str(uri), "file not found")
     if not is_remote(uri):
-        if not fs.exists(path):
-            raise FileNotFoundError(_as_str(uri))
         yield Path(path)
         return
     tmp_dir = Path(tempfile.mkdtemp(prefix="lipsync-copy-"))

@@ -1,0 +1,266 @@
+"""Dub catalogs: one row per output video, read from CSV or JSONL and validated up front.
+
+Columns (CSV header or JSON keys):
+    id           required  safe name: letters, digits, `_`, `-`, `.`; no path separators, no `..`
+    character    required  character bundle URI
+    audio        required  audio URI (anything ffmpeg decodes)
+    output       optional  output URI (.mp4); default <output_root>/<id>.mp4
+    start_frame  optional  int >= 0: first template frame of the bounce walk (default 0)
+    crf          optional  int 0..51: H.264 quality of this item (default: the run's crf)
+
+Relative paths in `character` and `audio` are resolved against the directory the catalog lies
+in (like a playlist), so a catalog and its media can move together; a relative `output` is
+resolved against the output root.
+
+Rows are numbered from 1 in the order they appear (the CSV header is not a row; in JSONL the row
+is the line number, so blank lines count). Every problem is an `InputError(catalog_uri,
+"row N: ...")`; the whole catalog is rejected before anything runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from lipsync.errors import InputError
+from lipsync.io import storage
+
+REQUIRED_COLUMNS = ("id", "character", "audio")
+OPTIONAL_COLUMNS = ("output", "start_frame", "crf")
+ALL_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+URI_COLUMNS = ("character", "audio", "output")
+OUTPUT_SUFFIX = ".mp4"
+MAX_ID_LENGTH = 128
+CRF_RANGE = (0, 51)  # libx264
+# Word characters (any script), '.', '-'; must not start with '.' (hidden files, "..").
+_SAFE_ID = re.compile(r"^[^\W][\w.\-]*$")
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """One output of a dub run (URIs already resolved)."""
+
+    id: str
+    character: str
+    audio: str
+    output: str
+    start_frame: int = 0
+    crf: int | None = None  # None: the run's default
+    row: int = 0  # where it came from, for messages
+
+
+def read_catalog(uri: str, output_root: str) -> list[CatalogItem]:
+    """Read and validate the catalog at `uri` (.csv or .jsonl/.ndjson)."""
+    fmt = catalog_format(uri)
+    if not storage.exists(uri):
+        raise InputError(uri, "catalog not found")
+    try:
+        text = storage.read_text(uri)
+    except UnicodeDecodeError:
+        raise InputError(uri, "catalog is not UTF-8 text") from None
+    return parse_catalog(text, fmt, uri, output_root)
+
+
+def catalog_format(uri: str) -> str:
+    """"csv" or "jsonl", from the file extension."""
+    suffix = PurePosixPath(storage.name(uri)).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    raise InputError(uri, f"unknown catalog format {suffix or '(no extension)'!r}: use .csv or .jsonl")
+
+
+def parse_catalog(text: str, fmt: str, source: str, output_root: str) -> list[CatalogItem]:
+    """Parse catalog `text` ("csv" | "jsonl"); `source` is its URI (messages, relative paths)."""
+    rows = _csv_rows(text, source) if fmt == "csv" else _jsonl_rows(text, source)
+    if not rows:
+        raise InputError(source, "catalog has no rows")
+    base = _parent(source)
+    items = [_to_item(row_no, raw, source, base, output_root) for row_no, raw in rows]
+    _check_unique(items, source)
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# reading rows
+
+
+def _csv_rows(text: str, source: str) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")), skipinitialspace=True)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise InputError(source, "catalog is empty (no header line)")
+    _check_header(header, source)
+    reader.fieldnames = header
+    rows = []
+    for row_no, raw in enumerate(reader, start=1):
+        if None in raw:  # more cells than header columns
+            raise InputError(source, f"row {row_no}: {len(header) + len(raw[None])} cells but the header has "
+                                     f"{len(header)} columns")
+        if all(v is None or not str(v).strip() for v in raw.values()):
+            continue  # a blank line
+        rows.append((row_no, {k: v for k, v in raw.items() if v is not None and str(v).strip() != ""}))
+    return rows
+
+
+def _check_header(header: list[str], source: str) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise InputError(source, f"header: missing column(s) {', '.join(map(repr, missing))} "
+                                 f"(required: {', '.join(REQUIRED_COLUMNS)})")
+    unknown = [c for c in header if c not in ALL_COLUMNS]
+    if unknown:
+        raise InputError(source, f"header: unknown column(s) {', '.join(map(repr, unknown))} "
+                                 f"(known: {', '.join(ALL_COLUMNS)})")
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise InputError(source, f"header: column(s) {', '.join(map(repr, dupes))} appear more than once")
+
+
+def _jsonl_rows(text: str, source: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for row_no, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(source, f"row {row_no}: not valid JSON ({e.msg})") from None
+        if not isinstance(raw, dict):
+            raise InputError(source, f"row {row_no}: expected a JSON object, got {type(raw).__name__}")
+        missing = [c for c in REQUIRED_COLUMNS if c not in raw]
+        if missing:
+            raise InputError(source, f"row {row_no}: missing column(s) {', '.join(map(repr, missing))}")
+        unknown = [c for c in raw if c not in ALL_COLUMNS]
+        if unknown:
+            raise InputError(source, f"row {row_no}: unknown column(s) {', '.join(map(repr, unknown))} "
+                                     f"(known: {', '.join(ALL_COLUMNS)})")
+        rows.append((row_no, {k: v for k, v in raw.items() if v is not None and str(v).strip() != ""}))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# one row -> CatalogItem
+
+
+def _to_item(row_no: int, raw: dict[str, Any], source: str, base: str, output_root: str) -> CatalogItem:
+    def bad(problem: str) -> InputError:
+        return InputError(source, f"row {row_no}: {problem}")
+
+    for col in REQUIRED_COLUMNS:
+        if col not in raw:
+            raise bad(f"empty {col!r}")
+    item_id = str(raw["id"]).strip()
+    id_problem = unsafe_id_reason(item_id)
+    if id_problem:
+        raise bad(f"unsafe id {item_id!r}: {id_problem}")
+    for col in URI_COLUMNS:
+        if col in raw and not isinstance(raw[col], str):
+            raise bad(f"{col!r} must be a string, got {raw[col]!r}")
+    if "output" in raw:
+        output = resolve_uri(raw["output"].strip(), output_root)
+    else:
+        output = default_output(output_root, item_id)
+    if not output.lower().endswith(OUTPUT_SUFFIX):
+        raise bad(f"output {output!r} must end with {OUTPUT_SUFFIX}")
+    start_frame = _int_cell(raw, "start_frame", bad, minimum=0)
+    crf = _int_cell(raw, "crf", bad, minimum=CRF_RANGE[0], maximum=CRF_RANGE[1])
+    return CatalogItem(
+        id=item_id,
+        character=resolve_uri(raw["character"].strip(), base),
+        audio=resolve_uri(raw["audio"].strip(), base),
+        output=output,
+        start_frame=0 if start_frame is None else start_frame,
+        crf=crf,
+        row=row_no,
+    )
+
+
+def unsafe_id_reason(item_id: str) -> str | None:
+    """Why `item_id` cannot name files and keys (None when it can).
+
+    Ids become file names (<id>.mp4) and key prefixes (_work/<run>/<id>/), so they must not
+    escape the output root or hide: no separators, no `..`, no leading dot, no spaces.
+    """
+    if not item_id:
+        return "empty"
+    if "/" in item_id or "\\" in item_id:
+        return "contains a path separator"
+    if ".." in item_id:
+        return "contains '..'"
+    if len(item_id) > MAX_ID_LENGTH:
+        return f"longer than {MAX_ID_LENGTH} characters"
+    if not _SAFE_ID.match(item_id):
+        return "use letters, digits, '_', '-' and '.', not starting with '.' or '-'"
+    return None
+
+
+def _int_cell(raw: dict[str, Any], col: str, bad, minimum: int, maximum: int | None = None) -> int | None:
+    if col not in raw:
+        return None
+    value = raw[col]
+    if isinstance(value, bool) or not (isinstance(value, int) or re.fullmatch(r"\s*[+-]?\d+\s*", str(value))):
+        raise bad(f"{col} must be an integer, got {value!r}")
+    number = int(value)
+    if number < minimum or (maximum is not None and number > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise bad(f"{col} must be {allowed}, got {number}")
+    return number
+
+
+def _check_unique(items: list[CatalogItem], source: str) -> None:
+    first_id: dict[str, CatalogItem] = {}
+    first_output: dict[str, CatalogItem] = {}
+    for item in items:
+        if item.id in first_id:
+            raise InputError(source, f"row {item.row}: duplicate id {item.id!r} (first on row {first_id[item.id].row})")
+        first_id[item.id] = item
+        key = _normalised(item.output)
+        if key in first_output:
+            other = first_output[key]
+            raise InputError(source, f"row {item.row}: duplicate output {item.output!r} "
+                                     f"(also the output of row {other.row}, id {other.id!r})")
+        first_output[key] = item
+
+
+# ---------------------------------------------------------------------------------------------
+# URIs
+
+
+def default_output(output_root: str, item_id: str) -> str:
+    return storage.join(output_root, item_id + OUTPUT_SUFFIX)
+
+
+def _has_scheme(uri: str) -> bool:
+    return "://" in uri
+
+
+def _parent(uri: str) -> str:
+    if _has_scheme(uri):
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{posixpath.dirname(rest.rstrip('/'))}"
+    return posixpath.dirname(uri) or "."
+
+
+def resolve_uri(uri: str, base: str) -> str:
+    """`uri` as given when absolute or with a scheme; else relative to `base` (the catalog's dir)."""
+    if _has_scheme(uri) or uri.startswith("/"):
+        return uri
+    if _has_scheme(base):
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, uri))}"
+    return posixpath.normpath(posixpath.join(base, uri))
+
+
+def _normalised(uri: str) -> str:
+    if _has_scheme(uri):
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme.lower()}://{posixpath.normpath(rest)}"
+    return posixpath.normpath(posixpath.abspath(uri))

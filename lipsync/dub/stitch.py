@@ -1,0 +1,69 @@
+"""Stitch one item: its shard segments, in order, + its audio -> the published output video.
+
+The segments are joined with ffmpeg's concat demuxer without re-encoding (`-c copy`) and the
+item's original audio file is muxed in as AAC (the original, not the 16 kHz copy the model
+heard, so the dub keeps the audio quality it was delivered in). The result is checked before it
+is published: exactly one video frame per 1/fps of audio (n = ceil(duration * fps)) and a
+container duration within one frame of the audio. A failed check publishes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lipsync.errors import MediaError
+from lipsync.io import media, storage
+
+# ffmpeg prints durations with two decimals; allow that rounding on top of the one-frame rule.
+DURATION_ROUNDING_S = 0.01
+
+
+@dataclass(frozen=True)
+class StitchResult:
+    output: str
+    frames: int
+    duration: float  # seconds, of the published file
+    seconds: float  # time spent stitching
+
+
+def stitch_segments(segment_uris: list[str], audio_uri: str, out_uri: str, *, n_frames: int, audio_duration: float,
+                    settings: media.EncodeSettings) -> StitchResult:
+    """Concatenate `segment_uris` (in this order) with `audio_uri` into `out_uri`, verified, atomically.
+
+    Steps: (1) local copies of the segments and the audio, (2) concat -c copy + AAC into a temp
+    file, (3) verify frame count and duration, (4) publish (storage.atomic_file).
+    """
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        # 1. local files (remote ones are downloaded to temp dirs removed on exit)
+        missing = [u for u in segment_uris if not storage.exists(u)]
+        if missing:
+            raise FileNotFoundError(f"segment(s) missing: {', '.join(missing)}")
+        segments = [stack.enter_context(storage.local_copy(u)) for u in segment_uris]
+        audio = stack.enter_context(storage.local_copy(audio_uri))
+        with storage.atomic_file(out_uri) as tmp:
+            # 2. join
+            media.concat_segments(segments, tmp, audio=audio, settings=settings)
+            # 3. verify (raising here leaves nothing at out_uri)
+            duration = verify_output(tmp, n_frames, audio_duration, settings.fps)
+            # 4. publish on leaving the block
+    return StitchResult(out_uri, n_frames, duration, time.perf_counter() - started)
+
+
+def verify_output(path: str | Path, n_frames: int, audio_duration: float, fps: int) -> float:
+    """Check a stitched file against its audio; return its duration. MediaError on a mismatch."""
+    frames = media.count_video_frames(path)
+    if frames != n_frames:
+        raise MediaError(path, f"stitched video has {frames} frames, expected {n_frames} "
+                               f"(= ceil({audio_duration:.3f} s * {fps}))")
+    info = media.probe(path)
+    if not info.has_audio:
+        raise MediaError(path, "stitched video has no audio track")
+    tolerance = 1.0 / fps + DURATION_ROUNDING_S
+    if abs(info.duration - audio_duration) > tolerance:
+        raise MediaError(path, f"stitched video lasts {info.duration:.3f} s but the audio {audio_duration:.3f} s "
+                               f"(allowed: one frame, {1.0 / fps:.3f} s)")
+    return info.duration

