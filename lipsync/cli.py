@@ -92,6 +92,43 @@ def prepare(
     )
 
 
+@app.command()
+def render(
+    character: str = typer.Option(..., "--character", help="character bundle (path or URI)"),
+    audio: str = typer.Option(..., "--audio", help="audio file, any format ffmpeg reads (path or URI)"),
+    output: str = typer.Option(..., "-o", "--output", help="output .mp4 (path or URI)"),
+    start_frame: int = typer.Option(0, "--start-frame", help="first template frame (bounce index offset)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="frames per generator forward"),
+    enhance: bool = typer.Option(False, "--enhance", help="higher quality encode (CRF 18 instead of 20)"),
+    crf: Optional[int] = typer.Option(None, "--crf", help="explicit x264 CRF (0 = lossless, for tests)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default configs/render.yaml)"),
+    set_: List[str] = typer.Option([], "--set", help="config override key=value (repeatable)"),
+) -> None:
+    """Dub one audio file into a video of a trained character."""
+    from lipsync import config as C
+    from lipsync.render import render as run_render
+
+    with input_errors_exit_2():
+        overrides = C.parse_overrides(set_)
+        if batch_size is not None:
+            overrides["batch_size"] = batch_size
+        if device is not None:
+            overrides["device"] = device
+        cfg = C.load(C.RenderConfig, config or "render", overrides)
+        if cfg.batch_size < 1:
+            raise InputError(None, f"--batch-size must be >= 1, got {cfg.batch_size}")
+        with progress_bar("render") as update:
+            result = run_render(character, audio, output, cfg, enhance=enhance, crf=crf, start_frame=start_frame,
+                                overwrite=overwrite, progress=lambda d, t: update(d, t))
+    st = result.stats
+    fps = st.frames / st.seconds if st.seconds else 0.0
+    console.print(f"rendered {output}: {result.frames} frames, {result.duration:.2f} s, {fps:.1f} frames/s"
+                  + (f"; {st.no_face} template frames without a face written unchanged" if st.no_face else "")
+                  + (f"; {st.nonfinite} non-finite outputs replaced by the template" if st.nonfinite else ""))
+
+
 def main() -> None:
     app()
 

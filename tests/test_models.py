@@ -7,12 +7,14 @@ import dataclasses
 import pytest
 import torch
 
+from lipsync import config as config_io
 from lipsync.config import CONFIG_DIR
 from lipsync.errors import InputError
 from lipsync.models import (
     AudioEncoder,
     Generator,
     GeneratorConfig,
+    ModelPreset,
     SyncNet,
     build_generator,
     build_syncnet,
@@ -158,6 +160,13 @@ def test_presets_carry_crop_margin_and_syncnet():
         assert preset.crop_size == preset.size + 8
         assert syncnet_config(name) == preset.syncnet
     assert model_preset("st2d-328").crop_size == 328
+
+
+def test_preset_survives_a_dict_round_trip():
+    """Bundles store the preset as plain YAML/JSON and rebuild the architecture from it."""
+    for name in preset_names():
+        preset = model_preset(name)
+        assert config_io.from_dict(ModelPreset, config_io.to_dict(preset)) == preset
 
 
 def test_unknown_preset_raises_input_error_listing_choices():

@@ -115,14 +115,15 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# loaded characters
+# loaded characters and features
 
 
-class CharacterCache:
-    """The last `capacity` characters loaded with `loader(uri)` (least recently used goes first).
+class LruCache:
+    """The last `capacity` values loaded with `loader(uri)` (the least recently used goes first).
 
-    Actors and planning workers see a few characters again and again; loading one reads weights
-    and template JPEGs, so it is done once per process, not once per shard.
+    Actors and planning workers see a few characters (and an item's features) again and again;
+    loading a character reads weights and template JPEGs, so it is done once per process, not
+    once per shard.
     """
 
     def __init__(self, loader: Callable[[str], Any], capacity: int = 2):
@@ -168,7 +169,7 @@ class ItemPlan:
         return self.item.character
 
 
-def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, characters: CharacterCache,
+def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, characters: LruCache,
               manifest_entry: dict[str, Any] | None) -> ItemPlan:
     """Plan `item`; raises InputError (bad audio, bad bundle) for the caller to record as failed.
 

@@ -30,7 +30,7 @@ class GeneratorConfig:
     """Architecture of the generator; saved beside its weights so a checkpoint rebuilds it."""
 
     size: int = 320  # S: the model sees and paints an S x S crop
-    # Encoder widths: the input conv gives widths[0]; the 5 downsamplings give
+    # Encoder widths: the input block gives widths[0]; the 5 downsamplings give
     # widths[0], widths[1], ..., widths[4]; the decoder mirrors them.
     widths: tuple[int, ...] = (32, 64, 128, 256, 512)
     expand_ratio: int = 2  # hidden width of an inverted-residual block = input width * this
@@ -227,6 +227,10 @@ class Generator(nn.Module):
     def _check_inputs(self, x: torch.Tensor, audio: torch.Tensor) -> None:
         c = self.config
         if x.dim() != 4 or x.shape[1] != c.in_channels or x.shape[-2:] != (c.size, c.size):
-            raise ValueError(f"generator input must be (N, {c.in_channels}, {c.size}, {c.size}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"generator input must be (N, {c.in_channels}, {c.size}, {c.size}), got {tuple(x.shape)}"
+            )
         if audio.dim() != 4 or tuple(audio.shape[1:]) != c.audio_shape or audio.shape[0] != x.shape[0]:
-            raise ValueError(f"generator audio must be (N, {c.audio_shape}) with N={x.shape[0]}, got {tuple(audio.shape)}")
+            raise ValueError(
+                f"generator audio must be (N, *{c.audio_shape}) with N={x.shape[0]}, got {tuple(audio.shape)}"
+            )

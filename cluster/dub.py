@@ -1,0 +1,399 @@
+"""Batch dubbing on Ray: plan tasks -> Ray Data render actors -> stitch tasks -> report.
+
+    catalog rows --plan (Ray tasks, parallel)--> ItemPlans (skip | render: features + shards)
+    shard rows --Ray Data map_batches(RenderShards, actors)--> one segment per shard (in storage)
+    all shards of an item done --stitch (Ray task)--> output.mp4 published, manifest entry
+    --> <output_root>/_reports/<timestamp>.json + summary
+
+Render stage: Ray Data `map_batches` with a callable class, i.e. a pool of actors that each load
+a model replica once (`__init__`) and render one shard per call (`batch_size=1`: a shard is
+already ~250 frames of work). Ray Data gives the pool its scheduling, autoscaling between
+`(min, max)` actors, backpressure and actor restarts; rows are streamed back to this driver as
+they finish, so items are stitched while other items still render. An explicit ActorPool would
+need all of that written here.
+
+Failures are per item: a bad audio or bundle fails that item in planning; a shard that raises is
+reported as a row with its error (the actor catches it, so one bad item cannot fail the dataset);
+the item then fails and its finished segments stay in `_work/` to be reused by a re-run.
+
+Everything here is glue: the work is done by lipsync.dub (plan, stitch, report) and
+lipsync.render (render_segment), which do not import Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+import ray
+
+from lipsync.config import DubConfig, to_dict
+from lipsync.dub import plan as P
+from lipsync.dub import validate
+from lipsync.dub.catalog import CatalogItem, read_catalog
+from lipsync.dub.report import (
+    ItemResult,
+    Progress,
+    build_report,
+    manifest_entry,
+    one_line,
+    read_manifest,
+    report_uri,
+    write_manifest,
+    write_report,
+)
+from lipsync.dub.stitch import StitchResult, stitch_segments
+from lipsync.errors import MediaError
+from lipsync.io import media, storage
+
+EXIT_OK = 0
+EXIT_ITEMS_FAILED = 3  # the run finished; the report says which items failed
+
+ProgressFn = Callable[[Progress], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# plan (Ray task)
+
+_plan_characters: P.LruCache | None = None  # per worker process, reused by later plan tasks
+
+
+def _plan_character_cache(capacity: int) -> P.LruCache:
+    from lipsync.bundle import load_character
+
+    global _plan_characters
+    if _plan_characters is None:
+        _plan_characters = P.LruCache(lambda uri: load_character(uri, device="cpu"), capacity)
+    return _plan_characters
+
+
+def plan_one(item: CatalogItem, output_root: str, run: str, cfg: DubConfig,
+             entry: dict[str, Any] | None) -> P.ItemPlan | ItemResult:
+    """Plan an item on a worker; a failure comes back as a failed ItemResult (one-line reason)."""
+    started = time.perf_counter()
+    try:
+        return P.plan_item(item, output_root=output_root, run=run, cfg=cfg,
+                           characters=_plan_character_cache(cfg.character_cache), manifest_entry=entry)
+    except Exception as e:  # noqa: BLE001 - any failure of one item is that item's, not the run's
+        return ItemResult(item.id, "failed", item.output, error=one_line(e), row=item.row,
+                          seconds=time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# render (Ray Data callable class = actor pool)
+
+
+class RenderShards:
+    """A model replica: renders shard rows into segments in storage (reusing ones that exist)."""
+
+    def __init__(self, cfg: DubConfig, device: str):
+        from lipsync.bundle import load_character
+        from lipsync.device import resolve_device
+        from lipsync.render.pipeline import prepare_for_inference
+
+        import torch
+
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        if cfg.render.torch_threads:
+            torch.set_num_threads(cfg.render.torch_threads)
+
+        def load(uri: str):
+            character = load_character(uri, device=self.device)
+            prepare_for_inference(character, cfg.render)
+            return character
+
+        self.characters = P.LruCache(load, cfg.character_cache)
+        self.features = P.LruCache(P.load_array, cfg.feature_cache)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["item_id"]))]
+        results = [self.render_row(row) for row in rows]
+        return {k: np.array([r[k] for r in results], dtype=object if k in ("item_id", "error") else None)
+                for k in results[0]}
+
+    def render_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Render one shard into its segment URI; errors come back in the row, not as exceptions."""
+        started = time.perf_counter()
+        a, b = int(row["frame_start"]), int(row["frame_end"])
+        out = {"item_id": str(row["item_id"]), "shard_index": int(row["shard_index"]), "frames": b - a,
+               "reused": False, "seconds": 0.0, "error": ""}
+        try:
+            segment = str(row["segment"])
+            if storage.exists(segment):  # rendered by an earlier, interrupted run
+                out["reused"] = True
+            else:
+                from lipsync.render import render_segment
+
+                character = self.characters.get(str(row["character"]))
+                feats = self.features.get(str(row["feats"]))
+                with storage.atomic_file(segment) as tmp:
+                    render_segment(character, feats, a, b, tmp, cfg=self.cfg.render, crf=int(row["crf"]),
+                                   start_frame=int(row["start_frame"]))
+        except Exception as e:  # noqa: BLE001 - reported per item by the driver
+            out["error"] = f"shard {out['shard_index']} [{a}, {b}): {one_line(e)}"
+        out["seconds"] = time.perf_counter() - started
+        return out
+
+
+def shard_rows(plans: list[P.ItemPlan], cfg: DubConfig) -> list[dict[str, Any]]:
+    """One Ray Data row per shard, carrying what an actor needs to render it."""
+    rows = []
+    for p in plans:
+        for s in p.shards:
+            rows.append({"item_id": s.item_id, "shard_index": s.index, "frame_start": s.frame_start,
+                         "frame_end": s.frame_end, "character": p.item.character, "feats": p.feats,
+                         "segment": P.segment_uri(p.work, s.index), "crf": P.item_crf(p.item, cfg.render),
+                         "start_frame": p.item.start_frame})
+    return rows
+
+
+def render_dataset(rows: list[dict[str, Any]], cfg: DubConfig, device: str) -> ray.data.Dataset:
+    """The shard rows mapped through a pool of RenderShards actors (one block per shard)."""
+    actors = min(cfg.actors, len(rows))
+    concurrency: int | tuple[int, int] = (actors, cfg.max_actors) if cfg.max_actors > actors else actors
+    resources = {"num_cpus": cfg.actor_cpus}
+    if device.startswith("cuda"):
+        resources["num_gpus"] = cfg.actor_gpus
+    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        RenderShards, fn_constructor_kwargs={"cfg": cfg, "device": device}, batch_size=1,
+        concurrency=concurrency, **resources)
+
+
+# ---------------------------------------------------------------------------------------------
+# stitch (Ray task)
+
+
+def stitch_one(plan: P.ItemPlan, cfg: DubConfig) -> StitchResult:
+    """Join an item's segments with its audio, publish, then delete its work prefix.
+
+    When the joined file fails verification the segments are suspect: they are deleted too, so
+    a re-run renders them again instead of reusing them.
+    """
+    r = cfg.render
+    settings = media.EncodeSettings(crf=P.item_crf(plan.item, r), preset=r.x264_preset, pix_fmt=r.pix_fmt,
+                                    audio_bitrate=r.audio_bitrate)
+    segments = [P.segment_uri(plan.work, s.index) for s in plan.shards]
+    try:
+        result = stitch_segments(segments, plan.item.audio, plan.item.output, n_frames=plan.n_frames,
+                                 audio_duration=plan.duration, settings=settings)
+    except MediaError:
+        P.remove_prefix(plan.work)
+        raise
+    P.remove_prefix(plan.work)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver
+
+
+@dataclass
+class DubRun:
+    report: dict[str, Any]
+    report_uri: str
+    items: list[ItemResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_ITEMS_FAILED if self.report["counts"]["failed"] else EXIT_OK
+
+
+def resolve_run_device(requested: str) -> str:
+    """cpu | cuda as asked; "auto" is cuda when the cluster has GPUs now (the driver may have none)."""
+    if requested != "auto":
+        return requested
+    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to `address`, the job's cluster, or start a local one; True when we started it."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    return True
+
+
+def run_dub(catalog_uri: str, output_root: str, cfg: DubConfig = DubConfig(), *, address: str | None = None,
+            progress: ProgressFn | None = None) -> DubRun:
+    """Dub every row of the catalog; returns the report (also written under `output_root`).
+
+    Raises InputError for a bad catalog (nothing runs then). Items that fail are recorded in the
+    report; the run goes on with the others.
+    """
+    # 1. settings and catalog, validated before any cluster work
+    validate(cfg)
+    items = read_catalog(catalog_uri, output_root)
+    started_at = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    started_ray = init_ray(address)
+    try:
+        return _Driver(items, catalog_uri, output_root, cfg, progress).run(started_at, t0)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+class _Driver:
+    """State of one run in the driver: plans, shard results, stitches in flight, the manifest."""
+
+    def __init__(self, items: list[CatalogItem], catalog_uri: str, output_root: str, cfg: DubConfig,
+                 progress: ProgressFn | None):
+        self.items = {i.id: i for i in items}
+        self.catalog_uri, self.output_root, self.cfg = catalog_uri, output_root, cfg
+        self.progress_fn = progress
+        self.progress = Progress(items_total=len(items))
+        self.results: dict[str, ItemResult] = {}
+        self.plans: dict[str, P.ItemPlan] = {}
+        self.shards_left: dict[str, int] = {}
+        self.work_seconds: dict[str, float] = {}
+        self.segments: dict[str, list[int]] = {}  # item -> [rendered, reused]
+        self.stitch_queue: list[str] = []
+        self.stitching: dict[ray.ObjectRef, str] = {}
+        self.stitch_seconds = 0.0
+        self.manifest: dict[str, dict[str, Any]] = {}
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self.progress_fn is not None:
+            self.progress_fn(self.progress)
+
+    def _finish(self, result: ItemResult) -> None:
+        self.results[result.id] = result
+        setattr(self.progress, f"items_{result.status}", getattr(self.progress, f"items_{result.status}") + 1)
+        self._tick()
+
+    def _fail(self, item_id: str, error: str) -> None:
+        if item_id in self.results:
+            return
+        item = self.items[item_id]
+        rendered, reused = self.segments.get(item_id, [0, 0])
+        self._finish(ItemResult(item_id, "failed", item.output, error=error, row=item.row,
+                                seconds=self.work_seconds.get(item_id, 0.0), segments_rendered=rendered,
+                                segments_reused=reused))
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def run(self, started_at: datetime, t0: float) -> DubRun:
+        cfg = self.cfg
+        run = P.run_key(cfg)
+        device = resolve_run_device(cfg.device)
+        self.manifest = read_manifest(self.output_root)
+        self._tick()
+        # 2. plan every item in parallel
+        self._plan(run)
+        t_planned = time.monotonic()
+        # 3. render shards with the actor pool; stitch items as their last shard arrives
+        to_render = [p for p in self.plans.values() if p.status == "render"]
+        rows = shard_rows(to_render, cfg)
+        if rows:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            for row in render_dataset(rows, cfg, device).iter_rows():
+                self._on_shard(row)
+                self._pump_stitches(block=False)
+        t_rendered = time.monotonic()
+        # 4. the remaining stitches
+        while self.stitch_queue or self.stitching:
+            self._pump_stitches(block=True)
+        self._cleanup_run_prefix(run)
+        t_done = time.monotonic()
+        # 5. report
+        timings = {"plan_s": t_planned - t0, "render_s": t_rendered - t_planned, "stitch_s": self.stitch_seconds,
+                   "stitch_tail_s": t_done - t_rendered, "total_s": t_done - t0}
+        run_info = {"catalog": self.catalog_uri, "output_root": self.output_root, "run_key": run, "device": device,
+                    "started_at": started_at.isoformat(), "config": to_dict(cfg),
+                    "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}}
+        ordered = [self.results[i] for i in self.items]
+        report = build_report(items=ordered, run=run_info, timings=timings)
+        uri = write_report(report_uri(self.output_root, started_at), report)
+        return DubRun(report, uri, ordered)
+
+    def _plan(self, run: str) -> None:
+        task = ray.remote(num_cpus=self.cfg.plan_cpus)(plan_one)
+        pending = {task.remote(item, self.output_root, run, self.cfg, self.manifest.get(item.id)): item.id
+                   for item in self.items.values()}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            item_id = pending.pop(done[0])
+            try:
+                outcome = ray.get(done[0])
+            except Exception as e:  # noqa: BLE001 - the task itself died (worker crash)
+                outcome = ItemResult(item_id, "failed", self.items[item_id].output,
+                                     error=f"plan: {one_line(_task_cause(e))}", row=self.items[item_id].row)
+            self._on_plan(outcome)
+
+    def _on_plan(self, outcome: P.ItemPlan | ItemResult) -> None:
+        if isinstance(outcome, ItemResult):
+            self._finish(outcome)
+            return
+        item = outcome.item
+        self.plans[item.id] = outcome
+        self.work_seconds[item.id] = outcome.seconds
+        if outcome.status == "skipped":
+            self._finish(ItemResult(item.id, "skipped", item.output, frames=outcome.n_frames, row=item.row,
+                                    seconds=outcome.seconds))
+            return
+        self.shards_left[item.id] = len(outcome.shards)
+        self.segments[item.id] = [0, 0]
+        self.progress.frames_total += outcome.n_frames
+        self._tick()
+
+    def _on_shard(self, row: dict[str, Any]) -> None:
+        item_id = str(row["item_id"])
+        self.shards_left[item_id] -= 1
+        self.work_seconds[item_id] += float(row["seconds"])
+        if row["error"]:
+            self._fail(item_id, str(row["error"]))
+        else:
+            self.segments[item_id][1 if row["reused"] else 0] += 1
+            self.progress.frames_done += int(row["frames"])
+            self._tick()
+        if self.shards_left[item_id] == 0 and item_id not in self.results:
+            self.stitch_queue.append(item_id)
+
+    def _pump_stitches(self, block: bool) -> None:
+        """Start queued stitches up to the limit; collect finished ones (waiting for one if `block`)."""
+        task = ray.remote(num_cpus=self.cfg.stitch_cpus)(stitch_one)
+        while self.stitch_queue and len(self.stitching) < self.cfg.max_concurrent_stitches:
+            item_id = self.stitch_queue.pop(0)
+            self.stitching[task.remote(self.plans[item_id], self.cfg)] = item_id
+        if not self.stitching:
+            return
+        done, _ = ray.wait(list(self.stitching), num_returns=1, timeout=None if block else 0)
+        for ref in done:
+            self._on_stitch(self.stitching.pop(ref), ref)
+
+    def _on_stitch(self, item_id: str, ref: ray.ObjectRef) -> None:
+        try:
+            result: StitchResult = ray.get(ref)
+        except Exception as e:  # noqa: BLE001
+            self._fail(item_id, f"stitch: {one_line(_task_cause(e))}")
+            return
+        self.stitch_seconds += result.seconds
+        plan = self.plans[item_id]
+        self.manifest[item_id] = manifest_entry(plan.key, result.output, result.frames)
+        write_manifest(self.output_root, self.manifest)
+        rendered, reused = self.segments[item_id]
+        self._finish(ItemResult(item_id, "ok", result.output, frames=result.frames, row=plan.item.row,
+                                seconds=self.work_seconds[item_id] + result.seconds, segments_rendered=rendered,
+                                segments_reused=reused))
+
+    def _cleanup_run_prefix(self, run: str) -> None:
+        """Remove `_work/<run>` when nothing is left in it (failed items keep theirs for re-runs)."""
+        prefix = storage.join(self.output_root, P.WORK_DIR, run)
+        try:
+            if not storage.ls(prefix):
+                P.remove_prefix(prefix)
+        except FileNotFoundError:
+            pass
+
+
+def _task_cause(error: Exception) -> BaseException:
+    """The user's exception inside a RayTaskError (its message would carry a traceback)."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error

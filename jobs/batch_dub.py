@@ -1,0 +1,81 @@
+"""Batch-dub a catalog on the Ray cluster this job was submitted to.
+
+    ray job submit --address http://HEAD:8265 --working-dir . \
+        --runtime-env-json '{"env_vars": {"LIPSYNC_S3_ENDPOINT": "...", ...}}' \
+        -- python jobs/batch_dub.py --catalog s3://bucket/catalog.csv --output-root s3://bucket/dubbed
+
+Exit codes: 0 every item ok or skipped; 2 the catalog or an option is invalid (nothing ran);
+3 the run finished but some items failed (see the report under <output-root>/_reports/).
+Only parses arguments: the pipeline is cluster.dub.run_dub (docs/CLUSTER.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir: cluster/, lipsync/
+
+from rich.console import Console  # noqa: E402
+
+from lipsync.dub import load_config, option_overrides  # noqa: E402
+from lipsync.errors import InputError  # noqa: E402
+
+EXIT_INPUT_ERROR = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--catalog", required=True, help="catalog URI (.csv or .jsonl)")
+    p.add_argument("--output-root", required=True, help="URI under which outputs, _work/, _reports/ go")
+    p.add_argument("--address", default=None, help="Ray address (default: the job's cluster)")
+    p.add_argument("--shard-frames", type=int, default=None, help="frames per render task")
+    p.add_argument("--actors", default=None, help="render actors: N, or MIN:MAX to autoscale")
+    p.add_argument("--crf", type=int, default=None, help="H.264 crf for rows without one")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--config", default=None, help="YAML config (default configs/dub.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value (repeatable)")
+    return p.parse_args(argv)
+
+
+def log_progress(interval_s: float):
+    """A progress callback that prints one line at most every `interval_s` (job logs are files)."""
+    last = [float("-inf")]
+
+    def show(progress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= interval_s or progress.items_done == progress.items_total:
+            last[0] = now
+            print(f"[dub] {progress.line()}", flush=True)
+
+    return show
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(highlight=False)
+    try:
+        options = option_overrides(shard_frames=args.shard_frames, actors=args.actors, crf=args.crf,
+                                   device=args.device)
+        cfg = load_config(args.config, args.overrides, options)
+    except (InputError, ValueError) as e:  # bad option or config value
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    from cluster.dub import run_dub
+
+    try:
+        run = run_dub(args.catalog, args.output_root, cfg, address=args.address,
+                      progress=log_progress(cfg.progress_interval_s))
+    except InputError as e:  # the catalog (nothing ran)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    from lipsync.dub.report import summary
+
+    console.print(summary(run.report, run.report_uri))
+    return run.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

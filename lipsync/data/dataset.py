@@ -1,0 +1,276 @@
+"""A prepared dataset directory -> torch Datasets for the two training stages.
+
+`load_frames` reads a dataset once: every frame's crop at the preset's crop size (S + 2m) as uint8
+(each JPEG is decoded exactly once), and every frame's (80, 16) mel window. The frames are split in
+time: the LAST `val_fraction` of them are the validation split and are never trained on (a random
+split would leak near-identical neighbouring frames into validation).
+
+Items are dicts of tensors. Images stay uint8 (C, H, W) BGR until they reach the device, where
+`to_float` scales them to [0, 1]: a quarter of the bytes through the loader and host-to-device copy.
+
+Randomness (reference frames, negative audio) comes from a generator seeded by
+(seed, epoch, index), never from global state: an item is a pure function of those three numbers,
+so runs repeat exactly and a resumed run sees the batches the interrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lipsync.audio.features import context_stack
+from lipsync.audio.mel import mel_windows
+from lipsync.config import AudioConfig, GeometryConfig, from_dict
+from lipsync.data import layout
+from lipsync.errors import InputError
+from lipsync.face import geometry
+
+ProgressFn = Callable[[int, int], None]
+
+MIN_TRAIN_FRAMES = 2  # a reference must be a different training frame than the target
+VAL_EPOCH = -1  # the fixed "epoch" that makes validation items the same at every evaluation
+
+
+@dataclass(frozen=True)
+class Split:
+    """Frame indices [0, n_train) train, [n_train, n_frames) validation."""
+
+    n_frames: int
+    n_train: int
+
+    @property
+    def train(self) -> np.ndarray:
+        return np.arange(self.n_train)
+
+    @property
+    def val(self) -> np.ndarray:
+        return np.arange(self.n_train, self.n_frames)
+
+
+def split_frames(n_frames: int, val_fraction: float) -> Split:
+    """Hold out the last `val_fraction` of the frames (at least one frame when the fraction > 0)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = int(np.ceil(n_frames * val_fraction)) if val_fraction > 0 else 0
+    if n_frames - n_val < MIN_TRAIN_FRAMES:
+        raise ValueError(f"{n_frames} frames leave fewer than {MIN_TRAIN_FRAMES} training frames "
+                         f"with val_fraction={val_fraction}")
+    return Split(n_frames=n_frames, n_train=n_frames - n_val)
+
+
+@dataclass
+class CharacterFrames:
+    """Everything the training stages read from one dataset, in memory."""
+
+    root: Path
+    meta: dict
+    crops: np.ndarray  # (n, C, C, 3) uint8 BGR, C = size + 2 * margin
+    mel_windows: np.ndarray  # (n, n_mels, mel_window) float32, window k belongs to frame k
+    size: int  # S: the model's view is crops[:, m:m+S, m:m+S]
+    margin: int
+    audio: AudioConfig
+    geometry: GeometryConfig
+    split: Split
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.crops)
+
+    def model_view(self, k: int) -> np.ndarray:
+        """(S, S, 3) uint8: the inner part of frame k's crop that the model sees and paints."""
+        return geometry.inner(self.crops[k], self.margin)
+
+
+def dataset_configs(meta: dict) -> tuple[AudioConfig, GeometryConfig]:
+    """The audio and geometry configs the dataset was prepared with (recorded in meta.json)."""
+    cfg = meta.get("config") or {}
+    try:
+        return from_dict(AudioConfig, cfg.get("audio") or {}), from_dict(GeometryConfig, cfg.get("geometry") or {})
+    except (ValueError, TypeError) as exc:
+        raise InputError(None, f"dataset meta.json holds an incompatible config: {exc}") from exc
+
+
+def read_crops(root: Path, boxes: np.ndarray, crop_size: int, progress: ProgressFn | None = None) -> np.ndarray:
+    """Decode every frame once and keep only its (crop_size, crop_size, 3) uint8 crop."""
+    n = len(boxes)
+    crops = np.empty((n, crop_size, crop_size, 3), dtype=np.uint8)
+    for k in range(n):
+        path = layout.frame_path(root, k)
+        frame = cv2.imread(str(path))
+        if frame is None:
+            raise InputError(path, "cannot read dataset frame (missing or not a JPEG)")
+        crops[k] = geometry.crop(frame, boxes[k], crop_size)
+        if progress:
+            progress(k + 1, n)
+    return crops
+
+
+def load_frames(root: str | Path, size: int, margin: int, val_fraction: float,
+                geometry_cfg: GeometryConfig | None = None, progress: ProgressFn | None = None) -> CharacterFrames:
+    """Read a prepared dataset directory (validated first) into memory for training.
+
+    `geometry_cfg` overrides the dataset's own geometry (the crop margin is always `margin`).
+    """
+    root = Path(root)
+    meta = layout.validate_dataset(root)
+    audio_cfg, geometry_cfg_ds = dataset_configs(meta)
+    geometry_cfg = geometry_cfg or geometry_cfg_ds
+    if geometry_cfg.crop_margin != margin:
+        geometry_cfg = replace(geometry_cfg, crop_margin=margin)
+    n = int(meta["n_frames"])
+    boxes = np.load(root / layout.BOXES_FILE)
+    mel = np.load(root / layout.MEL_FILE)
+    if boxes.shape != (n, 4):
+        raise InputError(root / layout.BOXES_FILE, f"expected ({n}, 4) boxes, got {boxes.shape}")
+    if mel.ndim != 2 or mel.shape[0] != audio_cfg.n_mels:
+        raise InputError(root / layout.MEL_FILE, f"expected ({audio_cfg.n_mels}, T) mel, got {mel.shape}")
+    try:
+        split = split_frames(n, val_fraction)
+    except ValueError as exc:
+        raise InputError(root, str(exc)) from exc
+    crops = read_crops(root, boxes, size + 2 * margin, progress)
+    return CharacterFrames(root=root, meta=meta, crops=crops, mel_windows=mel_windows(mel, n, audio_cfg),
+                           size=size, margin=margin, audio=audio_cfg, geometry=geometry_cfg, split=split)
+
+
+# --- tensors ---------------------------------------------------------------------------------------
+
+
+def image_tensor(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) uint8 tensor (a copy, contiguous)."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (any shape) -> float32 in [0, 1] (call on the device)."""
+    return images.float().div_(255.0)
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    # SeedSequence takes non-negative entries; shift the fixed validation epoch (-1) into range.
+    return np.random.default_rng([seed, epoch + 2, index])
+
+
+# --- stage 1: SyncNet pairs ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NegativeSampling:
+    """Where a negative pair's audio comes from (all frame distances in video frames)."""
+
+    min_shift: int = 5  # never closer than this: a mel window spans 5 frames, so no overlap
+    max_shift: int = 15  # "shifted" negatives are at min_shift..max_shift frames
+    far_fraction: float = 0.5  # this share of negatives takes audio from anywhere >= min_shift away
+
+
+def negative_frame(k: int, frames: np.ndarray, rng: np.random.Generator, neg: NegativeSampling) -> int:
+    """A frame of `frames` (sorted, contiguous) whose audio does not belong to frame k's face."""
+    lo, hi = int(frames[0]), int(frames[-1])
+    dist = np.abs(frames - k)
+    far = frames[dist >= neg.min_shift]
+    if far.size == 0:
+        raise ValueError(f"split of {frames.size} frames is too short for negatives {neg.min_shift}+ frames away")
+    if rng.random() >= neg.far_fraction:
+        shifts = [s for s in range(neg.min_shift, neg.max_shift + 1) for s in (s, -s) if lo <= k + s <= hi]
+        if shifts:
+            return k + int(shifts[rng.integers(len(shifts))])
+    return int(far[rng.integers(far.size)])
+
+
+class SyncPairs(Dataset):
+    """Face/audio pairs for SyncNet: item 2i is frame i's face with its own mel window (label 1),
+    item 2i + 1 the same face with audio from another frame of the same split (label 0).
+
+    Items: face (3, S, S) uint8 (the model view; the training step cuts the lower face), mel
+    (1, n_mels, mel_window) float32, label () float32.
+    """
+
+    def __init__(self, frames: CharacterFrames, indices: np.ndarray, negatives: NegativeSampling, seed: int,
+                 fixed: bool = False):
+        self.frames = frames
+        self.indices = np.asarray(indices)
+        self.negatives = negatives
+        self.seed = seed
+        self.epoch = VAL_EPOCH if fixed else 0
+        self.fixed = fixed
+        if self.indices.size < 1:
+            raise ValueError("SyncPairs needs at least one frame")
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.fixed:
+            self.epoch = epoch
+
+    def __len__(self) -> int:
+        return 2 * self.indices.size
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        k = int(self.indices[i // 2])
+        positive = i % 2 == 0
+        audio_frame = k if positive else negative_frame(k, self.indices, item_rng(self.seed, self.epoch, i),
+                                                        self.negatives)
+        return {
+            "face": image_tensor(self.frames.model_view(k)),
+            "mel": torch.from_numpy(self.frames.mel_windows[audio_frame][None].copy()),  # (1, 80, 16)
+            "label": torch.tensor(1.0 if positive else 0.0),
+        }
+
+
+# --- stage 2: generator samples --------------------------------------------------------------------
+
+
+class GeneratorSamples(Dataset):
+    """Items for the generator, one per target frame of `indices`.
+
+    ref (3, S, S) uint8: the model view of a random OTHER training frame (the identity/texture hint)
+    masked (3, S, S) uint8: the target's model view with the lower face blacked out
+    target (3, S, S) uint8: the target's model view
+    audio (*context_shape) float32: the +-context stack of per-frame audio features
+    mel (1, n_mels, mel_window) float32: the target frame's own mel window (for the sync loss)
+    """
+
+    def __init__(self, frames: CharacterFrames, indices: np.ndarray, features: np.ndarray, seed: int,
+                 fixed: bool = False):
+        if features.shape[0] != frames.n_frames:
+            raise ValueError(f"need one feature row per frame ({frames.n_frames}), got {features.shape}")
+        self.frames = frames
+        self.indices = np.asarray(indices)
+        self.features = features
+        self.references = frames.split.train
+        self.seed = seed
+        self.epoch = VAL_EPOCH if fixed else 0
+        self.fixed = fixed
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.fixed:
+            self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.indices.size
+
+    def reference_frame(self, i: int, k: int) -> int:
+        """A training frame other than k (the references are the contiguous frames 0 .. n_train - 1)."""
+        rng = item_rng(self.seed, self.epoch, i)
+        n_train = self.references.size
+        if k >= n_train:  # a validation target: any training frame
+            return int(rng.integers(n_train))
+        r = int(rng.integers(n_train - 1))
+        return r + 1 if r >= k else r  # draw from the other n_train - 1 frames
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        k = int(self.indices[i])
+        view = self.frames.model_view(k)
+        ref = self.frames.model_view(self.reference_frame(i, k))
+        return {
+            "ref": image_tensor(ref),
+            "masked": image_tensor(geometry.mask_lower_face(view, self.frames.geometry)),
+            "target": image_tensor(view),
+            "audio": torch.from_numpy(context_stack(self.features, k, self.frames.audio)),
+            "mel": torch.from_numpy(self.frames.mel_windows[k][None].copy()),
+            "frame": torch.tensor(k),
+        }

@@ -1,0 +1,182 @@
+"""Results of a dub run: per-item records, the manifest, the JSON report and the human summary.
+
+    <output_root>/_manifest.json            {"format": 1, "items": {id: entry}}: finished outputs and
+                                             the input key each was made from (skips re-runs)
+    <output_root>/_reports/<timestamp>.json  one per run: settings, timings, every item's status
+
+Only the driver writes these files (the stitch tasks return their results to it), so there is
+one writer per output root; two runs on the same output root at once are not supported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from lipsync.io import storage
+
+MANIFEST_FILE = "_manifest.json"
+REPORTS_DIR = "_reports"
+MANIFEST_FORMAT = 1
+STATUSES = ("ok", "failed", "skipped")
+SUMMARY_MAX_FAILURES = 10  # failed items listed in the summary (all are in the JSON report)
+
+
+@dataclass
+class ItemResult:
+    """One catalog row's outcome (the report's per-item record)."""
+
+    id: str
+    status: str  # ok | failed | skipped
+    output: str
+    frames: int = 0
+    seconds: float = 0.0  # wall time from planning start to publish (ok), or to the failure
+    error: str | None = None
+    row: int = 0
+    segments_rendered: int = 0
+    segments_reused: int = 0
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: InputErrors are already user-facing, others get their type."""
+    from lipsync.errors import InputError
+
+    text = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+    return " ".join(text.split()) or type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest
+
+
+def manifest_uri(output_root: str) -> str:
+    return storage.join(output_root, MANIFEST_FILE)
+
+
+def read_manifest(output_root: str) -> dict[str, dict[str, Any]]:
+    """id -> entry of the finished items; empty when there is no manifest yet."""
+    uri = manifest_uri(output_root)
+    if not storage.exists(uri):
+        return {}
+    data = storage.read_json(uri)
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("items"), dict):
+        raise ValueError(f"{uri}: not a manifest of format {MANIFEST_FORMAT}")
+    return data["items"]
+
+
+def manifest_entry(key: dict[str, Any], output: str, frames: int) -> dict[str, Any]:
+    return {"key": key, "output": output, "frames": frames, "finished_at": _now_iso()}
+
+
+def write_manifest(output_root: str, items: dict[str, dict[str, Any]]) -> None:
+    """Replace the manifest (one atomic write; readers see the old or the new one)."""
+    storage.write_json(manifest_uri(output_root), {"format": MANIFEST_FORMAT, "items": items})
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+
+@dataclass
+class Progress:
+    """Counters the driver updates as results arrive (items and frames)."""
+
+    items_total: int
+    frames_total: int = 0
+    items_ok: int = 0
+    items_failed: int = 0
+    items_skipped: int = 0
+    frames_done: int = 0  # frames of rendered (or reused) segments
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def items_done(self) -> int:
+        return self.items_ok + self.items_failed + self.items_skipped
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames_done / self.elapsed if self.elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"items {self.items_done}/{self.items_total} (ok {self.items_ok}, failed {self.items_failed}, "
+                f"skipped {self.items_skipped}); frames {self.frames_done}/{self.frames_total}; "
+                f"{self.frames_per_second:.1f} frames/s; {self.elapsed:.0f} s")
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def build_report(*, items: list[ItemResult], run: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """The JSON report: run settings, totals, stage timings and one record per item (catalog order)."""
+    counts = {s: sum(1 for r in items if r.status == s) for s in STATUSES}
+    frames = sum(r.frames for r in items if r.status == "ok")
+    wall = timings.get("total_s", 0.0)
+    return {
+        "run": run,
+        "counts": counts,
+        "frames_rendered": frames,
+        "frames_per_second": frames / wall if wall > 0 else 0.0,
+        "timings": timings,
+        "items": [asdict(r) for r in sorted(items, key=lambda r: r.row)],
+    }
+
+
+def report_uri(output_root: str, started_at: datetime) -> str:
+    """<output_root>/_reports/<UTC timestamp>.json (sortable, no ':' so it is a safe file name)."""
+    return storage.join(output_root, REPORTS_DIR, started_at.strftime("%Y%m%dT%H%M%S.%fZ") + ".json")
+
+
+def write_report(uri: str, report: dict[str, Any]) -> str:
+    storage.write_json(uri, report)
+    return uri
+
+
+def summary(report: dict[str, Any], uri: str | None = None) -> Group:
+    """One screen for humans: totals, speed, stage shares, and the first failures with reasons."""
+    counts, timings = report["counts"], report["timings"]
+    totals = Table(title="dub run", show_header=False, title_justify="left")
+    totals.add_column(style="bold")
+    totals.add_column()
+    totals.add_row("items", f"{sum(counts.values())}: [green]{counts['ok']} ok[/], [red]{counts['failed']} failed[/], "
+                            f"[yellow]{counts['skipped']} skipped[/]")
+    totals.add_row("frames", f"{report['frames_rendered']} ({report['frames_per_second']:.1f} frames/s over the run)")
+    total = timings.get("total_s", 0.0)
+    for stage in ("plan_s", "render_s", "stitch_s"):
+        if stage in timings:
+            share = 100.0 * timings[stage] / total if total > 0 else math.nan
+            totals.add_row(stage[:-2], f"{timings[stage]:.1f} s ({share:.0f}% of {total:.1f} s wall)")
+    if uri:
+        totals.add_row("report", uri)
+    parts: list[Any] = [totals]
+    failed = [r for r in report["items"] if r["status"] == "failed"]
+    if failed:
+        table = Table(title=f"failed items ({len(failed)})", title_justify="left")
+        table.add_column("row", justify="right")
+        table.add_column("id")
+        table.add_column("reason", overflow="fold")
+        for r in failed[:SUMMARY_MAX_FAILURES]:
+            table.add_row(str(r["row"]), r["id"], r["error"] or "")
+        parts.append(table)
+        if len(failed) > SUMMARY_MAX_FAILURES:
+            parts.append(Text(f"... and {len(failed) - SUMMARY_MAX_FAILURES} more in the report"))
+    return Group(*parts)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
