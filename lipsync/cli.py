@@ -129,6 +129,39 @@ def render(
                   + (f"; {st.nonfinite} non-finite outputs replaced by the template" if st.nonfinite else ""))
 
 
+@app.command()
+def dub(
+    catalog: str = typer.Argument(..., help="catalog of items to dub: .csv or .jsonl (path or URI)"),
+    output_root: str = typer.Option(..., "--output-root", help="outputs, _work/, _reports/, _manifest.json go here"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)"),
+    shard_frames: Optional[int] = typer.Option(None, "--shard-frames", help="frames per render task (default 250)"),
+    actors: Optional[str] = typer.Option(None, "--actors", help="render actors: N, or MIN:MAX to autoscale"),
+    crf: Optional[int] = typer.Option(None, "--crf", help="x264 CRF for rows without one (0 = lossless)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default configs/dub.yaml)"),
+    set_: List[str] = typer.Option([], "--set", help="config override key=value (repeatable)"),
+) -> None:
+    """Dub every row of a catalog on Ray. Exit 3 when the run finished but some items failed."""
+    from lipsync.dub import load_config, option_overrides
+    from lipsync.dub.report import summary
+
+    with input_errors_exit_2():
+        cfg = load_config(config, set_, option_overrides(shard_frames=shard_frames, actors=actors, crf=crf,
+                                                         device=device))
+    from cluster.dub import run_dub  # imports Ray; lipsync itself never does
+
+    try:
+        with progress_bar("dub") as update:
+            run = run_dub(catalog, output_root, cfg, address=address, progress=lambda p: update(
+                p.frames_done, p.frames_total or None,
+                extra=f"items {p.items_done}/{p.items_total}, {p.frames_per_second:.1f} frames/s"))
+    except InputError as e:  # the catalog: nothing ran
+        fail(str(e))
+    console.print(summary(run.report, run.report_uri))
+    if run.exit_code:
+        raise typer.Exit(run.exit_code)
+
+
 def main() -> None:
     app()
 

@@ -212,6 +212,7 @@ class S3Server:
     proc: subprocess.Popen
     data_dir: Path
     log_path: Path
+    ports: dict[str, int] = field(default_factory=dict)
     start_seconds: float = 0.0
     buckets: list[str] = field(default_factory=list)
 
@@ -236,6 +237,24 @@ class S3Server:
 
     def stop(self) -> None:
         stop_process_group(self.proc, S3_STOP_GRACE_S)
+        remove_weed_sockets(self.ports)
+
+
+def weed_socket_paths(ports: dict[str, int]) -> list[Path]:
+    """Unix sockets weed mini creates at fixed /tmp paths (named by gRPC port) and never removes."""
+    grpc_ports = {
+        "master": ports.get("master_grpc"), "volume": ports.get("volume_grpc"),
+        "filer": ports.get("filer_grpc"), "s3": ports.get("s3_grpc"),
+        "admin": ports["admin"] + WEED_GRPC_OFFSET if "admin" in ports else None,
+    }
+    return [Path(f"/tmp/seaweedfs-{c}-grpc-{p}.sock") for c, p in grpc_ports.items() if p is not None]
+
+
+def remove_weed_sockets(ports: dict[str, int]) -> None:
+    """Delete our server's sockets (the ports were ours, so the sockets are too); call after stop."""
+    for path in weed_socket_paths(ports):
+        if path.is_socket():
+            path.unlink(missing_ok=True)
 
 
 def weed_binary() -> Path | None:
@@ -291,7 +310,7 @@ def start_s3_server(workdir: Path, key: str = "lipsync-test-key", secret: str = 
     t0 = time.monotonic()
     proc = launch_in_own_group(weed_mini_command(weed, data_dir, log_dir, ports), log_path, env=env, cwd=workdir)
     server = S3Server(endpoint=f"http://{HOST}:{ports['s3']}", key=key, secret=secret, proc=proc,
-                      data_dir=data_dir, log_path=log_path)
+                      data_dir=data_dir, log_path=log_path, ports=ports)
     try:
         wait_until(lambda: port_answers(ports["s3"]), timeout_s=timeout_s, proc=proc,
                    what="SeaweedFS (weed mini)", log_path=log_path)

@@ -12,8 +12,8 @@ Relative paths in `character` and `audio` are resolved against the directory the
 in (like a playlist), so a catalog and its media can move together; a relative `output` is
 resolved against the output root.
 
-Rows are numbered from 1 in the order they appear (the CSV header is not a row; in JSONL the row
-is the line number, so blank lines count). Every problem is an `InputError(catalog_uri,
+Rows are the data records numbered from 1 in the order they appear: the CSV header and blank
+lines are not rows (in a spreadsheet, CSV row N is line N + 1). Every problem is an `InputError(catalog_uri,
 "row N: ...")`; the whole catalog is rejected before anything runs.
 """
 
@@ -104,8 +104,6 @@ def _csv_rows(text: str, source: str) -> list[tuple[int, dict[str, Any]]]:
         if None in raw:  # more cells than header columns
             raise InputError(source, f"row {row_no}: {len(header) + len(raw[None])} cells but the header has "
                                      f"{len(header)} columns")
-        if all(v is None or not str(v).strip() for v in raw.values()):
-            continue  # a blank line
         rows.append((row_no, {k: v for k, v in raw.items() if v is not None and str(v).strip() != ""}))
     return rows
 
@@ -126,9 +124,8 @@ def _check_header(header: list[str], source: str) -> None:
 
 def _jsonl_rows(text: str, source: str) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    for row_no, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
-        if not line.strip():
-            continue
+    lines = [line for line in text.lstrip("\ufeff").splitlines() if line.strip()]
+    for row_no, line in enumerate(lines, start=1):
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as e:
