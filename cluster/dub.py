@@ -154,14 +154,29 @@ def shard_rows(plans: list[P.ItemPlan], cfg: DubConfig) -> list[dict[str, Any]]:
 
 def render_dataset(rows: list[dict[str, Any]], cfg: DubConfig, device: str) -> ray.data.Dataset:
     """The shard rows mapped through a pool of RenderShards actors (one block per shard)."""
-    actors = min(cfg.actors, len(rows))
-    concurrency: int | tuple[int, int] = (actors, cfg.max_actors) if cfg.max_actors > actors else actors
+    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        RenderShards, fn_constructor_kwargs={"cfg": cfg, "device": device}, batch_size=1,
+        compute=actor_pool(cfg, len(rows)), **actor_resources(cfg, device))
+
+
+def actor_pool(cfg: DubConfig, n_rows: int) -> ray.data.ActorPoolStrategy:
+    """A fixed pool of `actors`, or min..max when max_actors is larger; never more than shards.
+
+    One shard in flight per actor: a shard is long, so queueing a second one on a busy actor
+    would only leave another actor idle at the end of the run.
+    """
+    low = min(cfg.actors, n_rows)
+    high = min(max(cfg.max_actors, cfg.actors), n_rows)
+    if high > low:
+        return ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=1)
+    return ray.data.ActorPoolStrategy(size=low, max_tasks_in_flight_per_actor=1)
+
+
+def actor_resources(cfg: DubConfig, device: str) -> dict[str, float]:
     resources = {"num_cpus": cfg.actor_cpus}
     if device.startswith("cuda"):
         resources["num_gpus"] = cfg.actor_gpus
-    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        RenderShards, fn_constructor_kwargs={"cfg": cfg, "device": device}, batch_size=1,
-        concurrency=concurrency, **resources)
+    return resources
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,10 +244,11 @@ def run_dub(catalog_uri: str, output_root: str, cfg: DubConfig = DubConfig(), *,
     validate(cfg)
     items = read_catalog(catalog_uri, output_root)
     started_at = datetime.now(timezone.utc)
-    t0 = time.monotonic()
+    t_init = time.monotonic()
     started_ray = init_ray(address)
+    t0 = time.monotonic()
     try:
-        return _Driver(items, catalog_uri, output_root, cfg, progress).run(started_at, t0)
+        return _Driver(items, catalog_uri, output_root, cfg, progress).run(started_at, t0, t0 - t_init)
     finally:
         if started_ray:
             ray.shutdown()
@@ -256,6 +272,8 @@ class _Driver:
         self.stitching: dict[ray.ObjectRef, str] = {}
         self.stitch_seconds = 0.0
         self.manifest: dict[str, dict[str, Any]] = {}
+        self.plan_task = ray.remote(num_cpus=cfg.plan_cpus)(plan_one)
+        self.stitch_task = ray.remote(num_cpus=cfg.stitch_cpus)(stitch_one)
 
     # --- events -------------------------------------------------------------------------------
 
@@ -279,7 +297,7 @@ class _Driver:
 
     # --- stages -------------------------------------------------------------------------------
 
-    def run(self, started_at: datetime, t0: float) -> DubRun:
+    def run(self, started_at: datetime, t0: float, ray_init_s: float) -> DubRun:
         cfg = self.cfg
         run = P.run_key(cfg)
         device = resolve_run_device(cfg.device)
@@ -303,8 +321,8 @@ class _Driver:
         self._cleanup_run_prefix(run)
         t_done = time.monotonic()
         # 5. report
-        timings = {"plan_s": t_planned - t0, "render_s": t_rendered - t_planned, "stitch_s": self.stitch_seconds,
-                   "stitch_tail_s": t_done - t_rendered, "total_s": t_done - t0}
+        timings = {"ray_init_s": ray_init_s, "plan_s": t_planned - t0, "render_s": t_rendered - t_planned,
+                   "stitch_s": self.stitch_seconds, "stitch_tail_s": t_done - t_rendered, "total_s": t_done - t0}
         run_info = {"catalog": self.catalog_uri, "output_root": self.output_root, "run_key": run, "device": device,
                     "started_at": started_at.isoformat(), "config": to_dict(cfg),
                     "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}}
@@ -314,8 +332,7 @@ class _Driver:
         return DubRun(report, uri, ordered)
 
     def _plan(self, run: str) -> None:
-        task = ray.remote(num_cpus=self.cfg.plan_cpus)(plan_one)
-        pending = {task.remote(item, self.output_root, run, self.cfg, self.manifest.get(item.id)): item.id
+        pending = {self.plan_task.remote(item, self.output_root, run, self.cfg, self.manifest.get(item.id)): item.id
                    for item in self.items.values()}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -358,10 +375,9 @@ class _Driver:
 
     def _pump_stitches(self, block: bool) -> None:
         """Start queued stitches up to the limit; collect finished ones (waiting for one if `block`)."""
-        task = ray.remote(num_cpus=self.cfg.stitch_cpus)(stitch_one)
         while self.stitch_queue and len(self.stitching) < self.cfg.max_concurrent_stitches:
             item_id = self.stitch_queue.pop(0)
-            self.stitching[task.remote(self.plans[item_id], self.cfg)] = item_id
+            self.stitching[self.stitch_task.remote(self.plans[item_id], self.cfg)] = item_id
         if not self.stitching:
             return
         done, _ = ray.wait(list(self.stitching), num_returns=1, timeout=None if block else 0)

@@ -53,7 +53,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.S3Se
 
 @pytest.fixture(scope="session")
 def s3_bucket(s3_server: servers.S3Server) -> str:
-    """"s3://lipsync-test", created once per session."""
+    """The bucket s3://lipsync-test, created once per session."""
     return s3_server.make_bucket(TEST_BUCKET)
 
 
@@ -66,13 +66,20 @@ def s3_tmp(s3_bucket: str, request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[servers.RayHead]:
-    """A real Ray head (`ray start --head --block`, 2 CPUs) in its own process group."""
+    """A real Ray head (`ray start --head --block`, 2 CPUs) in its own process group.
+
+    RAY_AUTH_MODE=disabled is set for the session: the head runs without token auth, and a
+    `ray.init(address=head.gcs_address)` in a test must agree with it.
+    """
     if servers.venv_script("ray") is None:
         pytest.skip("`ray` script not found next to the Python interpreter or on PATH")
     head = servers.start_ray_head()
     SERVER_START_SECONDS["Ray head"] = head.start_seconds
     try:
-        yield head
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in servers.RAY_TEST_ENV.items():  # so ray.init(head.gcs_address) matches
+                mp.setenv(key, value)
+            yield head
     finally:
         head.stop()
         servers.remove_ray_temp_dir(head)

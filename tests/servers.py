@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ RAY_STOP_GRACE_S = 5.0
 # -admin.port.grpc says (checked with weed 4.48), so that port must be free too.
 WEED_GRPC_OFFSET = 10000
 RAY_WORKER_PORTS = 64  # contiguous block for --min-worker-port/--max-worker-port
+# Ray 2.60 turns token auth on for `ray start` whenever ~/.ray/auth_token exists, which any local
+# `ray.init()` on the machine creates; the test head (loopback only) runs without it, and every
+# client of it (probes, `ray job submit`, ray.init in tests) must say the same.
+RAY_TEST_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,7 +319,7 @@ def start_s3_server(workdir: Path, key: str = "lipsync-test-key", secret: str = 
     try:
         wait_until(lambda: port_answers(ports["s3"]), timeout_s=timeout_s, proc=proc,
                    what="SeaweedFS (weed mini)", log_path=log_path)
-        wait_until(lambda: s3_accepts_requests(server), timeout_s=timeout_s, proc=proc,
+        wait_until(lambda: s3_accepts_requests(server), timeout_s=timeout_s - (time.monotonic() - t0), proc=proc,
                    what="SeaweedFS S3 API", log_path=log_path)
     except BaseException:
         server.stop()
@@ -388,6 +393,11 @@ def dashboard_answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/api/version", timeout=2.0) as r:
             return r.status == 200
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):  # waiting would not help
+            raise RuntimeError(f"Ray dashboard {url} refuses requests (HTTP {e.code}): token auth is on; "
+                               f"start the head with RAY_AUTH_MODE=disabled") from e
+        return False
     except Exception:
         return False
 
@@ -420,8 +430,7 @@ def start_ray_head(num_cpus: int = 2, timeout_s: float = RAY_START_TIMEOUT_S) ->
     # Job entrypoints are shell commands ("python job.py"): put this interpreter's bin dir first on
     # PATH, as an activated venv would, so jobs run in the environment the tests run in.
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+    env = {**os.environ, **RAY_TEST_ENV, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     t0 = time.monotonic()
     proc = launch_in_own_group(ray_head_command(ray, ports, temp_dir, num_cpus), log_path, env=env)
     head = RayHead(gcs_address=f"{HOST}:{ports['gcs']}", dashboard_url=f"http://{HOST}:{ports['dashboard']}",
@@ -429,11 +438,12 @@ def start_ray_head(num_cpus: int = 2, timeout_s: float = RAY_START_TIMEOUT_S) ->
     try:
         wait_until(lambda: dashboard_answers(head.dashboard_url), timeout_s=timeout_s, proc=proc,
                    what="Ray head (dashboard)", log_path=log_path)
-        wait_until(lambda: cluster_reports_cpus(head.dashboard_url), timeout_s=timeout_s, proc=proc,
-                   what="Ray head (cluster status)", log_path=log_path)
-    except BaseException:
-        head.stop()
-        raise
+        wait_until(lambda: cluster_reports_cpus(head.dashboard_url), timeout_s=timeout_s - (time.monotonic() - t0),
+                   proc=proc, what="Ray head (cluster status)", log_path=log_path)
+    except BaseException as e:
+        head.stop()  # the temp dir (logs) is kept for inspection
+        raise RuntimeError(f"{e}\nRay dashboard log tail ({temp_dir}/session_latest/logs/dashboard.log):\n"
+                           f"{log_tail(temp_dir / 'session_latest' / 'logs' / 'dashboard.log', 15)}") from e
     head.start_seconds = time.monotonic() - t0
     return head
 
@@ -459,7 +469,7 @@ def run_ray_job(head: RayHead, entrypoint_args: Sequence[str], working_dir: Path
            "--", *entrypoint_args]
     try:
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env={**os.environ, **RAY_TEST_ENV})
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         return 124, out + f"\n[run_ray_job] timed out after {timeout:.0f} s"

@@ -256,3 +256,21 @@ def test_report_counts_and_order():
     assert report["items"][1]["error"] == "bad audio"
     with pytest.raises(ValueError):
         ItemResult("x", "done", "o")
+
+
+def test_summary_lists_failures_with_reasons():
+    from rich.console import Console
+
+    from lipsync.dub.report import summary
+
+    items = [ItemResult("a", "ok", "o/a.mp4", frames=50, row=1),
+             ItemResult("b", "failed", "o/b.mp4", error="o/b.wav: not a media file", row=2)]
+    report = build_report(items=items, run={}, timings={"plan_s": 1.0, "render_s": 8.0, "stitch_s": 0.2,
+                                                        "total_s": 10.0})
+    console = Console(record=True, width=120)
+    console.print(summary(report, "o/_reports/r.json"))
+    text = console.export_text()
+    assert "1 ok" in text and "1 failed" in text and "0 skipped" in text
+    assert "failed items (1)" in text and "o/b.wav: not a media file" in text
+    assert "render" in text and "80%" in text  # stage share of the wall time
+    assert "o/_reports/r.json" in text

@@ -390,41 +390,44 @@ def test_picked_ports_are_free_and_outside_ray_worker_range():
 
 JOB_SCRIPT = """\
 import os
+import sys
+
 import ray
 
 ray.init()
+
 
 @ray.remote
 def square_plus_offset(x):
-    return x * x + int(os.environ["LIPSYNC_TEST_OFFSET"])
+    return x * x + int(os.environ["LIPSYNC_TEST_OFFSET"])  # env_vars reach tasks
 
-print("RESULT", ray.get(square_plus_offset.remote(7)))
-"""
-
-S3_JOB_SCRIPT = """\
-import sys
-import ray
-
-ray.init()
 
 @ray.remote
 def publish(uri):
-    from lipsync.io import storage  # S3 endpoint and credentials come from env_vars
+    from lipsync.io import storage  # S3 endpoint and credentials also come from env_vars
+
     with storage.atomic_file(uri) as tmp:
         tmp.write_text("written by a ray task")
     return storage.read_text(uri)
 
+
+print("RESULT", ray.get(square_plus_offset.remote(7)))
 print("TASK SAW:", ray.get(publish.remote(sys.argv[1])))
 """
 
 
 @pytest.mark.integration
-def test_run_ray_job_prints_task_result(ray_head, tmp_path):
+def test_ray_job_prints_task_result_and_reaches_s3(ray_head, s3_server, s3_tmp, tmp_path):
+    """One submitted job: a task's value in the job output, and a task writing to S3 with only the
+    runtime env's variables to find the server (as batch jobs on a cluster do)."""
     (tmp_path / "job.py").write_text(JOB_SCRIPT)
-    code, out = servers.run_ray_job(ray_head, ["python", "job.py"], tmp_path,
-                                    env={"LIPSYNC_TEST_OFFSET": "5"}, timeout=180)
+    uri = storage.join(s3_tmp, "from_ray.txt")
+    env = {"LIPSYNC_TEST_OFFSET": "5", **s3_server.env()}
+    code, out = servers.run_ray_job(ray_head, ["python", "job.py", uri], tmp_path, env=env, timeout=180)
     assert code == 0, out
     assert "RESULT 54" in out
+    assert "TASK SAW: written by a ray task" in out
+    assert storage.read_text(uri) == "written by a ray task"
 
 
 @pytest.mark.integration
@@ -433,17 +436,6 @@ def test_ray_job_failure_is_reported(ray_head, tmp_path):
     code, out = servers.run_ray_job(ray_head, ["python", "job.py"], tmp_path, timeout=180)
     assert code != 0
     assert "failed" in out.lower()
-
-
-@pytest.mark.integration
-def test_ray_task_reaches_s3_through_runtime_env(ray_head, s3_server, s3_tmp, tmp_path):
-    (tmp_path / "job.py").write_text(S3_JOB_SCRIPT)
-    uri = storage.join(s3_tmp, "from_ray.txt")
-    code, out = servers.run_ray_job(ray_head, ["python", "job.py", uri], tmp_path, env=s3_server.env(),
-                                    timeout=180)
-    assert code == 0, out
-    assert "TASK SAW: written by a ray task" in out
-    assert storage.read_text(uri) == "written by a ray task"
 
 
 @pytest.mark.integration

@@ -184,34 +184,37 @@ def negative_frame(k: int, frames: np.ndarray, rng: np.random.Generator, neg: Ne
 
 
 class SyncPairs(Dataset):
-    """Face/audio pairs for SyncNet: item 2i is frame i's face with its own mel window (label 1),
-    item 2i + 1 the same face with audio from another frame of the same split (label 0).
+    """Face/audio pairs for SyncNet. Each frame of `indices` gives 1 + `negatives_per_frame` items:
+    first its face with its own mel window (label 1), then the same face with audio from other
+    frames of the same split (label 0). Training uses one negative per positive (balanced
+    batches); validation may use more to measure the negative side with less noise.
 
     Items: face (3, S, S) uint8 (the model view; the training step cuts the lower face), mel
     (1, n_mels, mel_window) float32, label () float32.
     """
 
     def __init__(self, frames: CharacterFrames, indices: np.ndarray, negatives: NegativeSampling, seed: int,
-                 fixed: bool = False):
+                 fixed: bool = False, negatives_per_frame: int = 1):
         self.frames = frames
         self.indices = np.asarray(indices)
         self.negatives = negatives
         self.seed = seed
         self.epoch = VAL_EPOCH if fixed else 0
         self.fixed = fixed
-        if self.indices.size < 1:
-            raise ValueError("SyncPairs needs at least one frame")
+        self.per_frame = 1 + negatives_per_frame
+        if self.indices.size < 1 or negatives_per_frame < 1:
+            raise ValueError("SyncPairs needs at least one frame and one negative per frame")
 
     def set_epoch(self, epoch: int) -> None:
         if not self.fixed:
             self.epoch = epoch
 
     def __len__(self) -> int:
-        return 2 * self.indices.size
+        return self.per_frame * self.indices.size
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        k = int(self.indices[i // 2])
-        positive = i % 2 == 0
+        k = int(self.indices[i // self.per_frame])
+        positive = i % self.per_frame == 0
         audio_frame = k if positive else negative_frame(k, self.indices, item_rng(self.seed, self.epoch, i),
                                                         self.negatives)
         return {

@@ -31,6 +31,7 @@ import numpy as np
 
 from lipsync.config import DubConfig, RenderConfig
 from lipsync.dub.catalog import CatalogItem
+from lipsync.errors import InputError
 from lipsync.io import storage
 
 WORK_DIR = "_work"
@@ -191,8 +192,11 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
         if manifest_entry is not None and manifest_entry.get("key") == key and storage.exists(item.output):
             return ItemPlan(item, "skipped", key, n_frames=int(manifest_entry.get("frames", 0)),
                             seconds=time.perf_counter() - started)
-        # 4. decode + validate (empty, corrupt, too long -> InputError)
-        wav = load_audio(audio_path, cfg.render, character.audio.sample_rate)
+        # 4. decode + validate (empty, corrupt, too long -> InputError), named by the catalog's URI
+        try:
+            wav = load_audio(audio_path, cfg.render, character.audio.sample_rate)
+        except InputError as e:
+            raise InputError(item.audio, e.problem) from None
     duration = wav.size / character.audio.sample_rate
     # 5. a work prefix left by a run with other inputs holds segments of other pixels: drop it
     work = work_prefix(output_root, run, item.id)

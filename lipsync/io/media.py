@@ -252,12 +252,13 @@ class VideoWriter:
 
     def __init__(self, path: str | Path, width: int, height: int, settings: EncodeSettings = EncodeSettings(),
                  audio: str | Path | None = None):
-        if width % 2 or height % 2:
-            raise ValueError(f"H.264 4:2:0 needs even frame sizes, got {width}x{height}")
         self.path = str(path)
         self.width, self.height = width, height
         self.frames_written = 0
         video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{width}x{height}", r=settings.fps)
+        if (width % 2 or height % 2) and settings.pix_fmt == "yuv420p":
+            # 4:2:0 needs even sizes: pad one black column/row rather than scaling the picture
+            video = video.filter("pad", width + width % 2, height + height % 2)
         out_kwargs = dict(vcodec="libx264", crf=settings.crf, preset=settings.preset, pix_fmt=settings.pix_fmt,
                           r=settings.fps, movflags="+faststart", format="mp4")
         if settings.threads:

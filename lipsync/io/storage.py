@@ -55,7 +55,7 @@ def _as_str(uri: Uri) -> str:
 
 
 def protocol(uri: Uri) -> str:
-    """"s3", "file", ... ("file" for plain local paths)."""
+    """The URI's protocol: "s3", "file" (also for plain local paths), ..."""
     return get_protocol(_as_str(uri))
 
 

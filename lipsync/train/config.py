@@ -45,9 +45,7 @@ class TrainConfig:
     sync_loss_after: int = 0  # generator steps before the sync loss is switched on
     loss: LossWeights = field(default_factory=LossWeights)
     negatives: NegativeSampling = field(default_factory=NegativeSampling)
-    # Audio frame paired with face frame k is k + sync_audio_offset: the mel window of frame k starts
-    # AT k and spans ~5 frames; -2 centres it on the face.
-    sync_audio_offset: int = -2
+    val_negatives_per_frame: int = 4  # SyncNet validation: negatives per held-out frame
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast for forward passes on CUDA (never on CPU)
     loader_workers: int = 0  # DataLoader worker processes (items are cheap: crops are preloaded)
@@ -61,7 +59,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "syncnet_batch_size", "checkpoint_every", "log_every", "val_every",
-                     "keep_checkpoints", "val_max_frames"):
+                     "keep_checkpoints", "val_max_frames", "val_negatives_per_frame"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.syncnet_batch_size % 2:

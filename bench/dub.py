@@ -1,0 +1,207 @@
+"""Benchmark batch dubbing: Ray pipeline with 1 and 2 actors vs rendering the items one by one.
+
+    .venv/bin/python bench/dub.py [--preset st2d-328] [--seconds 4] [--shard-frames 50] [--device cpu]
+
+A catalog of real speech clips (cut to --seconds each) against one character built from 3 s of
+the real Obama clip with an untrained generator of --preset (speed does not depend on the
+weights). Measures end-to-end frames/s, the share of wall time spent planning and stitching
+(goal: stitching < 3%), and compares with `lipsync.render.render` called for each item in turn
+in one process. Prints a table and appends it to docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import csv
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MEDIA = REPO.parent / "shared" / "media"
+CLIPS = ["sadtalker_RD_Radio34_002.wav", "sadtalker_chinese_news.wav", "iplap_audio2.wav"]
+CHARACTER_FRAMES = 75  # 3 s of the Obama clip
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="st2d-328", help="generator preset (tiny | st2d-160 | st2d-328)")
+    p.add_argument("--seconds", type=float, default=4.0, help="seconds of each clip")
+    p.add_argument("--shard-frames", type=int, default=50)
+    p.add_argument("--actors", default="1,2", help="comma-separated actor counts to run")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--work", default="/tmp/lipsync-bench-dub", help="scratch directory (kept between runs)")
+    p.add_argument("--no-write", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    return p.parse_args()
+
+
+def build_character(work: Path, preset: str) -> str:
+    """Prepare 3 s of the Obama clip once, then save an untrained `preset` bundle."""
+    import torch
+
+    from lipsync.bundle import save_bundle
+    from lipsync.config import AudioConfig, GeometryConfig, PrepareConfig
+    from lipsync.data.prepare import prepare
+    from lipsync.io import media
+    from lipsync.models import build_generator, build_syncnet
+    from lipsync.models.audio_encoder import AudioEncoder
+
+    bundle = work / f"character_{preset}"
+    if bundle.exists():
+        return str(bundle)
+    ds = work / "obama3s_ds"
+    if not ds.exists():
+        source = MEDIA / "edtalk_uncrop_Obama.mp4"
+        media.write_wav(work / "clip.wav", media.read_audio(source)[: CHARACTER_FRAMES * 16000 // 25])
+        with media.VideoWriter(work / "clip.mp4", 450, 450, media.EncodeSettings(crf=12),
+                               audio=work / "clip.wav") as w:
+            for i, frame in enumerate(media.iter_video_frames(source)):
+                if i == CHARACTER_FRAMES:
+                    break
+                w.write(frame)
+        prepare(str(work / "clip.mp4"), "obama3s", str(ds), PrepareConfig())
+    torch.manual_seed(0)
+    save_bundle(str(bundle), name="obama3s", preset=preset, generator=build_generator(preset),
+                audio_encoder=AudioEncoder(), syncnet=build_syncnet(preset), audio=AudioConfig(),
+                geometry=GeometryConfig(), dataset_dir=str(ds), train_info={"steps": 0})
+    return str(bundle)
+
+
+def build_catalog(work: Path, character: str, seconds: float) -> tuple[Path, list[dict]]:
+    from lipsync.io import media
+
+    rows = []
+    for name in CLIPS:
+        wav = media.read_audio(MEDIA / name)[: int(seconds * 16000)]
+        path = work / "audio" / f"{Path(name).stem}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        media.write_wav(path, wav)
+        rows.append({"id": Path(name).stem, "character": character, "audio": str(path)})
+    catalog = work / "catalog.csv"
+    with open(catalog, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "character", "audio"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return catalog, rows
+
+
+def run_sequential(rows: list[dict], out: Path, device: str) -> dict:
+    """Each item with lipsync.render.render, one after another, in this process."""
+    from lipsync.bundle import load_character
+    from lipsync.device import resolve_device
+    from lipsync.dub import load_config
+    from lipsync.render import render
+    from lipsync.render.pipeline import prepare_for_inference
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = dataclasses.replace(load_config().render, device=device)
+    started = time.perf_counter()
+    character = load_character(rows[0]["character"], device=resolve_device(device))
+    prepare_for_inference(character, cfg)
+    frames = 0
+    for row in rows:
+        frames += render(row["character"], row["audio"], str(out / f"{row['id']}.mp4"), cfg,
+                         character=character).frames
+    wall = time.perf_counter() - started
+    return {"mode": "render() one by one", "actors": "-", "frames": frames, "wall_s": wall,
+            "fps": frames / wall, "plan_pct": None, "stitch_pct": None, "tail_pct": None}
+
+
+def run_pipeline(catalog: Path, out: Path, actors: int, shard_frames: int, device: str) -> dict:
+    import ray
+
+    from cluster.dub import run_dub
+    from lipsync.dub import load_config
+
+    shutil.rmtree(out, ignore_errors=True)
+    cores = os.cpu_count() or 1
+    options = {"actors": actors, "shard_frames": shard_frames, "device": device}
+    if device == "cpu":
+        options["actor_cpus"] = max(1.0, cores // actors)  # the same cores, split among the actors
+    cfg = load_config(options=options)
+    t0 = time.perf_counter()
+    ray.init(num_cpus=cores, logging_level="WARNING")
+    ray_init = time.perf_counter() - t0
+    try:
+        run = run_dub(str(catalog), str(out), cfg)
+    finally:
+        ray.shutdown()
+    report, t = run.report, run.report["timings"]
+    assert report["counts"]["ok"] == len(report["items"]), report["counts"]
+    total = t["total_s"]
+    return {"mode": "ray pipeline", "actors": str(actors), "frames": report["frames_rendered"], "wall_s": total,
+            "fps": report["frames_rendered"] / total, "plan_pct": 100 * t["plan_s"] / total,
+            "stitch_pct": 100 * t["stitch_s"] / total, "tail_pct": 100 * t["stitch_tail_s"] / total,
+            "ray_init_s": ray_init}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    if shutil.which("nvidia-smi"):
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        gpu = f", GPU {q.stdout.strip().splitlines()[0]}" if q.returncode == 0 and q.stdout.strip() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}"
+
+
+def table(results: list[dict], baseline_fps: float) -> str:
+    def pct(v):
+        return "-" if v is None else f"{v:.1f}%"
+
+    lines = ["| mode | actors | frames | wall s | frames/s | vs one-by-one | plan | stitch (task time) | after last shard |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['mode']} | {r['actors']} | {r['frames']} | {r['wall_s']:.1f} | {r['fps']:.2f} | "
+                     f"{r['fps'] / baseline_fps:.2f}x | {pct(r['plan_pct'])} | {pct(r['stitch_pct'])} | "
+                     f"{pct(r['tail_pct'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    if not MEDIA.is_dir():
+        sys.exit(f"{MEDIA} not found: the benchmark needs the shared real media")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    character = build_character(work, args.preset)
+    catalog, rows = build_catalog(work, character, args.seconds)
+
+    results = [run_sequential(rows, work / "out_sequential", args.device)]
+    for actors in (int(a) for a in args.actors.split(",")):
+        results.append(run_pipeline(catalog, work / f"out_actors{actors}", actors, args.shard_frames, args.device))
+    from lipsync.dub import load_config
+
+    text = table(results, results[0]["fps"])
+    inits = ", ".join(f"{r['actors']} actors: {r['ray_init_s']:.1f} s" for r in results if "ray_init_s" in r)
+    command = "python bench/dub.py " + " ".join(sys.argv[1:])
+    section = (f"\n## Batch dubbing: Ray pipeline vs one-by-one render ({datetime.now(timezone.utc):%Y-%m-%d})\n\n"
+               f"- machine: {machine()}\n- command: `{command.strip()}`\n"
+               f"- catalog: {len(rows)} real speech clips x {args.seconds:g} s, character `{args.preset}` (untrained "
+               f"weights, 75 templates at 450x450), shard {args.shard_frames} frames, device {args.device}, "
+               f"crf {load_config().render.crf}; CPU actors get cores/actors CPUs each (torch threads follow)\n"
+               f"- wall time of the pipeline rows starts after `ray.init` (local Ray start: {inits}); "
+               f"plan/stitch are shares of that wall time; stitch = summed stitch task time (it overlaps "
+               f"rendering), after last shard = wall time from the last rendered shard to the end\n\n{text}\n")
+    print(section)
+    if not args.no_write:
+        with open(REPO / "docs" / "BENCHMARKS.md", "a") as f:
+            f.write(section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The character bundle: everything render needs to dub with one trained character.
+
+A directory URI (local or s3://), published atomically (storage.atomic_dir):
+    bundle.json              {"bundle_format": 1, "name", "preset", "version", "generator", "syncnet",
+                              "audio", "geometry", "n_templates", "frame_size", "dataset_meta", "train"}
+    generator.safetensors    audio_encoder.safetensors    syncnet.safetensors (absent if no SyncNet)
+    templates/full_body_img/{i}.jpg   templates/boxes.npy (n, 4) int32   templates/landmarks.npy (n, 468, 2)
+
+`version` is the sha256 over the weight files (name and bytes, in WEIGHT_FILES order): two
+bundles with the same version hold the same weights, and `load_character` refuses weights that
+do not match it (a corrupt or partly replaced bundle). See docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lipsync import config as config_io
+from lipsync.config import AudioConfig, GeometryConfig
+from lipsync.data import layout
+from lipsync.errors import InputError, OutputExistsError
+from lipsync.io import storage
+from lipsync.models import AudioEncoder, Generator, GeneratorConfig, SyncNet, SyncNetConfig, load_state, save_state
+
+BUNDLE_FORMAT = 1
+BUNDLE_FILE = "bundle.json"
+GENERATOR_FILE = "generator.safetensors"
+AUDIO_ENCODER_FILE = "audio_encoder.safetensors"
+SYNCNET_FILE = "syncnet.safetensors"
+WEIGHT_FILES = (GENERATOR_FILE, AUDIO_ENCODER_FILE, SYNCNET_FILE)
+TEMPLATES_DIR = "templates"
+
+
+@dataclass
+class Character:
+    """A loaded bundle: models in eval mode on one device, plus the template frames."""
+
+    name: str
+    preset: str
+    version: str
+    generator: nn.Module
+    audio_encoder: nn.Module
+    syncnet: nn.Module | None
+    generator_config: GeneratorConfig
+    audio: AudioConfig
+    geometry: GeometryConfig
+    template_dir: Path  # local dir holding full_body_img/{i}.jpg
+    boxes: np.ndarray  # (n, 4) int32
+    landmarks: np.ndarray  # (n, 468, 2) float32
+    frame_size: tuple[int, int] = (0, 0)  # (width, height) of the template frames
+    frames_without_face: frozenset[int] = frozenset()  # templates render writes unchanged
+
+    @property
+    def margin(self) -> int:
+        return self.geometry.crop_margin
+
+    def template_path(self, i: int) -> Path:
+        return layout.frame_path(self.template_dir, i)
+
+    @property
+    def n_templates(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @property
+    def size(self) -> int:
+        """S: the side of the model's input and output crop."""
+        return self.generator_config.size
+
+    @property
+    def crop_size(self) -> int:
+        """S + 2 * margin: the crop cut from a frame, of which the model sees the inner S x S."""
+        return self.generator_config.size + 2 * self.geometry.crop_margin
+
+
+def weights_version(directory: Path) -> str:
+    """sha256 over the weight files present in `directory` (file name, then bytes, in WEIGHT_FILES order)."""
+    h = hashlib.sha256()
+    for name in WEIGHT_FILES:
+        path = Path(directory) / name
+        if not path.is_file():
+            continue
+        h.update(name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _copy_templates(dataset_dir: Path, dest: Path, n_frames: int) -> None:
+    """The dataset's frames, boxes and landmarks become the bundle's templates."""
+    (dest / layout.FRAMES_DIR).mkdir(parents=True)
+    for i in range(n_frames):
+        shutil.copyfile(layout.frame_path(dataset_dir, i), dest / layout.FRAMES_DIR / f"{i}.jpg")
+    boxes = np.load(dataset_dir / layout.BOXES_FILE).astype(np.int32)
+    landmarks = np.load(dataset_dir / layout.LANDMARKS_FILE).astype(np.float32)
+    if len(boxes) != n_frames or len(landmarks) != n_frames:
+        raise InputError(dataset_dir, f"dataset has {n_frames} frames but {len(boxes)} boxes and "
+                                      f"{len(landmarks)} landmark sets")
+    np.save(dest / layout.BOXES_FILE, boxes)
+    np.save(dest / layout.LANDMARKS_FILE, landmarks)
+
+
+def save_bundle(out_uri: str, *, name: str, preset: str, generator: Generator, audio_encoder: AudioEncoder,
+                syncnet: SyncNet | None, audio: AudioConfig, geometry: GeometryConfig, dataset_dir: str | Path,
+                train_info: dict[str, Any], overwrite: bool = False) -> str:
+    """Write a character bundle to `out_uri` (published whole, or not at all); returns its version.
+
+    OutputExistsError when `out_uri` exists and not `overwrite`; InputError when `dataset_dir`
+    is not a complete dataset.
+    """
+    if storage.exists(out_uri) and not overwrite:
+        raise OutputExistsError(out_uri)
+    dataset_dir = Path(dataset_dir)
+    meta = layout.validate_dataset(dataset_dir)
+    with storage.atomic_dir(out_uri, overwrite=overwrite) as tmp:
+        tmp = Path(tmp)
+        # 1. weights (safetensors; the architecture config also rides in each file's header)
+        save_state(unwrap(generator), tmp / GENERATOR_FILE,
+                   metadata={"config": json.dumps(config_io.to_dict(unwrap(generator).config))})
+        save_state(unwrap(audio_encoder), tmp / AUDIO_ENCODER_FILE)
+        if syncnet is not None:
+            save_state(unwrap(syncnet), tmp / SYNCNET_FILE,
+                       metadata={"config": json.dumps(config_io.to_dict(unwrap(syncnet).config))})
+        version = weights_version(tmp)
+        # 2. templates
+        n = int(meta["n_frames"])
+        _copy_templates(dataset_dir, tmp / TEMPLATES_DIR, n)
+        # 3. bundle.json, last
+        info = {
+            "bundle_format": BUNDLE_FORMAT,
+            "name": name,
+            "preset": preset,
+            "version": version,
+            "generator": config_io.to_dict(unwrap(generator).config),
+            "syncnet": config_io.to_dict(unwrap(syncnet).config) if syncnet is not None else None,
+            "audio": config_io.to_dict(audio),
+            "geometry": config_io.to_dict(geometry),
+            "n_templates": n,
+            "frame_size": list(meta.get("frame_size") or []),
+            "frames_without_face": list(meta.get("frames_without_face") or []),
+            "dataset_meta": {k: v for k, v in meta.items() if k != "frames_without_face"}
+            | {"frames_without_face": len(meta.get("frames_without_face") or [])},
+            "train": train_info,
+        }
+        (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return version
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def read_bundle_info(local: Path, uri: str) -> dict[str, Any]:
+    path = local / BUNDLE_FILE
+    if not path.is_file():
+        raise InputError(uri, f"not a character bundle (no {BUNDLE_FILE})")
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(uri, f"{BUNDLE_FILE} is corrupt ({exc})") from exc
+    if not isinstance(info, dict):
+        raise InputError(uri, f"{BUNDLE_FILE} is corrupt (not an object)")
+    fmt = info.get("bundle_format")
+    if fmt != BUNDLE_FORMAT:
+        raise InputError(uri, f"bundle format {fmt!r} is not supported (this version reads {BUNDLE_FORMAT}); "
+                              "train the character again")
+    return info
+
+
+def _config(cls, data: Any, uri: str, what: str):
+    try:
+        return config_io.from_dict(cls, data or {})
+    except (TypeError, ValueError) as exc:
+        raise InputError(uri, f"bundle has an incompatible {what} config ({exc})") from exc
+
+
+def _load_module(module: nn.Module, path: Path, uri: str, device: str | torch.device) -> nn.Module:
+    if not path.is_file():
+        raise InputError(uri, f"bundle is missing {path.name}")
+    load_state(module, path)  # InputError when unreadable or not fitting
+    return module.to(device).eval()
+
+
+def _load_templates(local: Path, uri: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    tdir = local / TEMPLATES_DIR
+    try:
+        boxes = np.load(tdir / layout.BOXES_FILE).astype(np.int32)
+        landmarks = np.load(tdir / layout.LANDMARKS_FILE).astype(np.float32)
+    except (OSError, ValueError) as exc:
+        raise InputError(uri, f"bundle templates are missing or corrupt ({exc})") from exc
+    if boxes.shape != (n, 4) or landmarks.shape[0] != n or landmarks.shape[2:] != (2,):
+        raise InputError(uri, f"bundle templates do not match n_templates={n}: boxes {boxes.shape}, "
+                              f"landmarks {landmarks.shape}")
+    if n < 1 or not (tdir / layout.FRAMES_DIR / f"{n - 1}.jpg").is_file():
+        raise InputError(uri, f"bundle is missing template frames (no {layout.FRAMES_DIR}/{n - 1}.jpg)")
+    return boxes, landmarks
+
+
+def load_character(uri: str, device: str | torch.device = "cpu") -> Character:
+    """Load a bundle (downloaded once per node when remote). InputError(uri, ...) when it is
+    missing, corrupt (unreadable files, weights that do not match its version) or of another
+    bundle format."""
+    uri = str(uri)
+    try:
+        local = storage.cached_local_dir(uri)
+    except FileNotFoundError as exc:
+        raise InputError(uri, "character bundle not found") from exc
+    info = read_bundle_info(local, uri)
+    missing = [f for f in (GENERATOR_FILE, AUDIO_ENCODER_FILE) if not (local / f).is_file()]
+    if missing:
+        raise InputError(uri, f"bundle is missing {', '.join(missing)}")
+    if weights_version(local) != info.get("version"):
+        raise InputError(uri, "bundle weights do not match its version (corrupt or modified files)")
+    gen_cfg = _config(GeneratorConfig, info.get("generator"), uri, "generator")
+    audio = _config(AudioConfig, info.get("audio"), uri, "audio")
+    geometry = _config(GeometryConfig, info.get("geometry"), uri, "geometry")
+    generator = _load_module(Generator(gen_cfg), local / GENERATOR_FILE, uri, device)
+    audio_encoder = _load_module(AudioEncoder(), local / AUDIO_ENCODER_FILE, uri, device)
+    syncnet = None
+    if info.get("syncnet") is not None:
+        sync_cfg = _config(SyncNetConfig, info["syncnet"], uri, "syncnet")
+        syncnet = _load_module(SyncNet(sync_cfg), local / SYNCNET_FILE, uri, device)
+    n = info.get("n_templates")
+    if not isinstance(n, int):
+        raise InputError(uri, "bundle.json has no n_templates")
+    boxes, landmarks = _load_templates(local, uri, n)
+    return Character(name=str(info.get("name")), preset=str(info.get("preset")), version=info["version"],
+                     generator=generator, audio_encoder=audio_encoder, syncnet=syncnet, generator_config=gen_cfg,
+                     audio=audio, geometry=geometry, template_dir=local / TEMPLATES_DIR, boxes=boxes,
+                     landmarks=landmarks, frame_size=_frame_size(info, local, uri),
+                     frames_without_face=frozenset(int(i) for i in info.get("frames_without_face") or []))
+
+
+def _frame_size(info: dict[str, Any], local: Path, uri: str) -> tuple[int, int]:
+    size = info.get("frame_size") or []
+    if len(size) != 2:
+        raise InputError(uri, "bundle.json has no frame_size")
+    return int(size[0]), int(size[1])

@@ -1,0 +1,344 @@
+"""Self-reconstruction evaluation of a character on the frames it never trained on.
+
+The held-out frames are the LAST `held_out_fraction` of the dataset (the training split's
+validation frames, `lipsync.data.dataset.split_frames`). Each is rendered from the clip's own audio
+with the real frame itself as the template, so the only difference between output and truth is the
+regenerated mouth. Three variants are measured against the real frames:
+
+    generated  the character's output for the clip's own audio
+    shuffled   the same, driven by the audio of another part of the clip (rolled by half its length):
+               what a mouth that ignores the audio would score
+    template   no regeneration: the template frame a dub would show (bounce order from frame 0),
+               pasted as it is
+
+Metrics per variant (lipsync.eval.metrics): PSNR / SSIM of the full frame and of the mouth region,
+LMD of the lips, and the SyncNet's LSE-D / LSE-C against the clip's real audio (the real frames'
+own sync score is reported as the reference a perfect mouth would reach).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from lipsync.audio.features import context_range
+from lipsync.audio.mel import mel_windows, melspectrogram
+from lipsync.data import layout
+from lipsync.data.dataset import split_frames
+from lipsync.data.inputs import generator_input, to_chw, to_image
+from lipsync.errors import InputError
+from lipsync.eval import metrics
+from lipsync.face import geometry
+from lipsync.face.landmarks import FaceMeshDetector
+from lipsync.io import media, storage
+from lipsync.render import audio_features
+from lipsync.train.config import TrainConfig
+
+ProgressFn = Callable[[int, int], None]
+
+EVAL_FORMAT = 1
+VARIANTS = ("generated", "shuffled", "template")
+_TRAIN_DEFAULTS = TrainConfig()
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # Must match the character's training split (TrainConfig.val_fraction): these frames were never trained on.
+    held_out_fraction: float = _TRAIN_DEFAULTS.val_fraction
+    # The SyncNet's trained pairing: face k with the mel window of frame k + this (SyncPairs and the
+    # generator's sync loss pair face k with window k). Reported offsets are relative to it.
+    sync_audio_offset: int = 0
+    sync_max_offset: int = 10  # LSE offsets -10..+10 frames, as in the SyncNet evaluations
+    metric_crop_size: int = 320  # LMD and mouth metrics are measured in a crop of the face box at this size
+    mouth_pad: float = 0.06  # the mouth region is the real lips' bounding box grown by this * crop size per side
+    shuffle_shift: float = 0.5  # shuffled audio = the features rolled by this fraction of the clip
+    strip_frames: int = 4  # rows of the PNG strip (evenly spaced evaluated frames)
+    batch_size: int = 8  # generator forward batch
+    sync_batch_size: int = 32
+    device: str = "auto"
+
+
+@dataclass
+class _Variant:
+    """Per-frame measurements of one variant (or of the real frames: lips and views only)."""
+
+    name: str
+    detector: FaceMeshDetector
+    psnr_full: list[float] = field(default_factory=list)
+    ssim_full: list[float] = field(default_factory=list)
+    psnr_mouth: list[float] = field(default_factory=list)
+    ssim_mouth: list[float] = field(default_factory=list)
+    lips: list[np.ndarray | None] = field(default_factory=list)  # (40, 2) in the metric crop, None: no face found
+    views: list[np.ndarray] = field(default_factory=list)  # (S, S, 3) uint8 model views, for the SyncNet
+
+
+@dataclass
+class _Reference:
+    """The real frame k and what every variant is compared with."""
+
+    frame: np.ndarray  # (H, W, 3)
+    box: np.ndarray
+    metric_crop: np.ndarray  # (C, C, 3), C = metric_crop_size
+    mouth: tuple[int, int, int, int]  # mouth region in the metric crop
+
+
+# ---------------------------------------------------------------------------------------------
+# steps
+
+
+def _check_inputs(dataset_dir: str | Path, max_frames: int | None, cfg: EvalConfig) -> dict:
+    if max_frames is not None and max_frames < 1:
+        raise InputError(None, f"--max-frames must be >= 1, got {max_frames}")
+    if cfg.strip_frames < 1 or cfg.batch_size < 1:
+        raise InputError(None, "strip_frames and batch_size must be >= 1")
+    return layout.validate_dataset(Path(dataset_dir))
+
+
+def held_out_frames(n_frames: int, n_audio_frames: int, cfg: EvalConfig, max_frames: int | None) -> np.ndarray:
+    """The training split's validation frames (the last ones) that have audio, the first `max_frames` of them."""
+    try:
+        frames = split_frames(n_frames, cfg.held_out_fraction).val
+    except ValueError as exc:
+        raise InputError(None, f"cannot hold out frames: {exc}") from exc
+    frames = frames[frames < n_audio_frames]  # a video a few frames longer than its audio
+    if max_frames is not None:
+        frames = frames[:max_frames]
+    if frames.size == 0:
+        raise InputError(None, f"no held-out frames to evaluate ({n_frames} frames, "
+                               f"held_out_fraction={cfg.held_out_fraction})")
+    return frames
+
+
+def _paint(character, inputs: list[np.ndarray], audio: np.ndarray) -> np.ndarray:
+    """Generator forward: inputs B x (6, S, S), audio (B, *context_shape) -> (B, 3, S, S) float32."""
+    device = next(character.generator.parameters()).device
+    x = torch.from_numpy(np.stack(inputs)).to(device)
+    a = torch.from_numpy(audio).to(device)
+    with torch.inference_mode():
+        return character.generator(x, a).float().cpu().numpy()
+
+
+def _generated_frames(character, frames: list[np.ndarray], boxes: list[np.ndarray], audio: np.ndarray
+                      ) -> list[np.ndarray]:
+    """Real frames as their own templates: crop, mask, paint the mouth for `audio`, paste back."""
+    m, s = character.margin, character.size
+    crops = [geometry.crop(f, b, character.crop_size) for f, b in zip(frames, boxes)]
+    inputs = [generator_input(geometry.inner(c, m), geometry.inner(c, m), character.geometry) for c in crops]
+    outputs = _paint(character, inputs, audio)
+    result = []
+    for frame, box, crop_full, out in zip(frames, boxes, crops, outputs):
+        crop_full[m:m + s, m:m + s] = to_image(out)
+        result.append(geometry.paste_back(frame, box, crop_full, character.geometry))
+    return result
+
+
+def _read_frame(path: Path) -> np.ndarray:
+    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise InputError(path, "frame is missing or unreadable")
+    return frame
+
+
+def _reference(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cfg: EvalConfig) -> _Reference:
+    size = cfg.metric_crop_size
+    mouth = metrics.mouth_box(metrics.lip_points(landmarks, box, size), size, cfg.mouth_pad)
+    return _Reference(frame=frame, box=box, metric_crop=geometry.crop(frame, box, size), mouth=mouth)
+
+
+def _view(character, frame: np.ndarray, box) -> np.ndarray:
+    """The (S, S, 3) model view of `frame` at `box`: what the SyncNet and the generator see."""
+    return geometry.inner(geometry.crop(frame, box, character.crop_size), character.margin).copy()
+
+
+def _observe(variant: _Variant, character, frame: np.ndarray, box, cfg: EvalConfig) -> np.ndarray:
+    """Detect the lips and keep the model view of one frame; returns its metric crop."""
+    lms = variant.detector.detect(frame)
+    variant.lips.append(None if lms is None else metrics.lip_points(lms, box, cfg.metric_crop_size))
+    variant.views.append(_view(character, frame, box))
+    return geometry.crop(frame, box, cfg.metric_crop_size)
+
+
+def _compare(variant: _Variant, character, frame: np.ndarray, box, ref: _Reference, cfg: EvalConfig) -> np.ndarray:
+    """All per-frame measurements of one variant frame against the real frame; returns its metric crop."""
+    crop = _observe(variant, character, frame, box, cfg)
+    x0, y0, x1, y1 = ref.mouth
+    variant.psnr_full.append(metrics.psnr(frame, ref.frame))
+    variant.ssim_full.append(metrics.ssim(frame, ref.frame))
+    variant.psnr_mouth.append(metrics.psnr(crop[y0:y1, x0:x1], ref.metric_crop[y0:y1, x0:x1]))
+    variant.ssim_mouth.append(metrics.ssim(crop[y0:y1, x0:x1], ref.metric_crop[y0:y1, x0:x1]))
+    return crop
+
+
+def _sync(character, views: list[np.ndarray], frames: np.ndarray, mel: np.ndarray, n_audio: int,
+          cfg: EvalConfig, roll: int = 0) -> dict | None:
+    """LSE of model views against the clip's audio (rolled by `roll` frames: the shuffled variant's own audio)."""
+    if character.syncnet is None:
+        return None
+    faces = torch.from_numpy(np.stack([to_chw(v) for v in views]))  # (N, 3, S, S)
+
+    def windows_of(audio_frames: np.ndarray) -> np.ndarray:
+        source = (audio_frames - roll) % n_audio  # rolled features: frame j heard frame j - roll
+        lo, hi = int(source.min()), int(source.max())
+        return mel_windows(mel, hi - lo + 1, character.audio, start=lo)[source - lo]
+
+    score = metrics.sync_score(character.syncnet, faces, frames, windows_of, n_audio, max_offset=cfg.sync_max_offset,
+                               audio_offset=cfg.sync_audio_offset, batch_size=cfg.sync_batch_size)
+    return score.as_dict()
+
+
+def _summary(variant: _Variant, real: _Variant) -> dict:
+    both = [(g, r) for g, r in zip(variant.lips, real.lips) if g is not None and r is not None]
+    return {
+        "psnr_full": float(np.mean(variant.psnr_full)),
+        "ssim_full": float(np.mean(variant.ssim_full)),
+        "psnr_mouth": float(np.mean(variant.psnr_mouth)),
+        "ssim_mouth": float(np.mean(variant.ssim_mouth)),
+        "lmd": metrics.lmd(np.stack([g for g, _ in both]), np.stack([r for _, r in both])) if both else None,
+        "lmd_frames": len(both),
+    }
+
+
+def _strip_png(rows: list[list[np.ndarray]], labels: tuple[str, ...]) -> bytes:
+    """PNG of rows of equal-size crops, one column per label, the label written on the top row."""
+    grid = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
+    width = rows[0][0].shape[1]
+    for i, label in enumerate(labels):
+        cv2.putText(grid, label, (i * width + 6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
+    ok, png = cv2.imencode(".png", grid)
+    if not ok:
+        raise RuntimeError("PNG encoding of the strip failed")
+    return png.tobytes()
+
+
+def _json_safe(value):
+    """Non-finite floats (PSNR of identical images) become null: JSON has no inf."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# the procedure
+
+
+def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_png: str | None = None,
+             max_frames: int | None = None, *, cfg: EvalConfig = EvalConfig(), character=None,
+             progress: ProgressFn | None = None) -> dict:
+    """Evaluate the character at `character_uri` on the held-out frames of `dataset_dir`; write JSON (+ PNG)."""
+    started = time.perf_counter()
+    root = Path(dataset_dir)
+    # 1. check inputs, load the character and the dataset's arrays
+    meta = _check_inputs(root, max_frames, cfg)
+    if character is None:
+        from lipsync.bundle import load_character  # the bundle module imports the training stack
+        from lipsync.device import resolve_device
+
+        character = load_character(character_uri, device=resolve_device(cfg.device))
+    boxes = np.load(root / layout.BOXES_FILE)
+    landmarks = np.load(root / layout.LANDMARKS_FILE)
+    n_frames = int(meta["n_frames"])
+
+    # 2. the clip's audio: features for the generator (own and shuffled) and mel for the SyncNet
+    wav = media.read_audio(root / layout.AUDIO_FILE, character.audio.sample_rate)
+    feats = audio_features(character, wav)  # (N_audio, 512)
+    n_audio = len(feats)
+    roll = int(round(n_audio * cfg.shuffle_shift))
+    shuffled_feats = np.roll(feats, roll, axis=0)  # frame j gets the audio of frame j - roll
+    mel = melspectrogram(wav, character.audio)
+    frames = held_out_frames(n_frames, n_audio, cfg, max_frames)
+    strip_at = set(np.unique(np.linspace(0, len(frames) - 1, cfg.strip_frames).round().astype(int)).tolist())
+
+    # 3. render and measure, batch by batch; one landmark tracker per variant (frames are in order)
+    strip_rows: list[list[np.ndarray]] = []
+    with FaceMeshDetector() as d_real, FaceMeshDetector() as d_gen, FaceMeshDetector() as d_shuf, \
+            FaceMeshDetector() as d_tmpl:
+        real = _Variant("real", d_real)
+        variants = {"generated": _Variant("generated", d_gen), "shuffled": _Variant("shuffled", d_shuf),
+                    "template": _Variant("template", d_tmpl)}
+        for lo in range(0, len(frames), cfg.batch_size):
+            ks = frames[lo:lo + cfg.batch_size]
+            real_frames = [_read_frame(layout.frame_path(root, int(k))) for k in ks]
+            real_boxes = [boxes[k] for k in ks]
+            a, b = int(ks[0]), int(ks[-1]) + 1  # held-out frames are contiguous
+            outputs = {
+                "generated": _generated_frames(character, real_frames, real_boxes,
+                                               context_range(feats, a, b, character.audio)),
+                "shuffled": _generated_frames(character, real_frames, real_boxes,
+                                              context_range(shuffled_feats, a, b, character.audio)),
+            }
+            for i, k in enumerate(ks):
+                j = lo + i  # position in the held-out sequence = the output frame index of a dub from frame 0
+                ref = _reference(real_frames[i], real_boxes[i], landmarks[k], cfg)
+                _observe(real, character, ref.frame, ref.box, cfg)
+                crops = [ref.metric_crop]
+                for name in ("generated", "shuffled"):
+                    crops.append(_compare(variants[name], character, outputs[name][i], ref.box, ref, cfg))
+                t = geometry.bounce(j, character.n_templates)
+                _compare(variants["template"], character, _read_frame(character.template_path(t)),
+                         character.boxes[t], ref, cfg)
+                if j in strip_at:
+                    strip_rows.append(crops)
+            if progress:
+                progress(min(lo + cfg.batch_size, len(frames)), len(frames))
+
+    # 4. sync scores against the clip's real audio
+    report = {name: _summary(v, real) for name, v in variants.items()}
+    for name, v in variants.items():
+        report[name]["sync"] = _sync(character, v.views, frames, mel, n_audio, cfg)
+    report["shuffled"]["sync_own_audio"] = _sync(character, variants["shuffled"].views, frames, mel, n_audio, cfg,
+                                                 roll=roll)
+    report["real"] = {"sync": _sync(character, real.views, frames, mel, n_audio, cfg),
+                      "lips_found": sum(p is not None for p in real.lips)}
+
+    # 5. write the JSON (and the strip)
+    result = _json_safe({
+        "eval_format": EVAL_FORMAT,
+        "character": {"uri": str(character_uri), "name": character.name, "preset": character.preset,
+                      "version": character.version},
+        "dataset": {"path": str(root), "name": meta.get("name"), "n_frames": n_frames, "audio_frames": n_audio},
+        "frames": {"evaluated": len(frames), "first": int(frames[0]), "last": int(frames[-1])},
+        "settings": {**asdict(cfg), "sync_distance": "1 - cosine similarity of the SyncNet embeddings",
+                     "shuffle_roll_frames": roll, "syncnet": character.syncnet is not None},
+        "metrics": report,
+        "seconds": time.perf_counter() - started,
+    })
+    storage.write_json(out_json, result)
+    if strip_png:
+        storage.write_bytes(strip_png, _strip_png(strip_rows, ("real",) + VARIANTS[:2]))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# a table for people
+
+
+def _fmt(value, digits: int) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(result: dict) -> str:
+    """The evaluation as a Markdown table, one row per variant (and the real frames' sync)."""
+    lines = ["| variant | PSNR full | SSIM full | PSNR mouth | SSIM mouth | LMD (px @320) | LSE-D | LSE-C | offset |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    m = result["metrics"]
+    for name in (*VARIANTS, "real"):
+        row = m[name]
+        sync = row.get("sync") or {}
+        lines.append(" | ".join([
+            f"| {name}", _fmt(row.get("psnr_full"), 2), _fmt(row.get("ssim_full"), 4), _fmt(row.get("psnr_mouth"), 2),
+            _fmt(row.get("ssim_mouth"), 4), _fmt(row.get("lmd"), 2), _fmt(sync.get("distance"), 4),
+            _fmt(sync.get("confidence"), 4), str(sync.get("offset", "-")),
+        ]) + " |")
+    return "\n".join(lines)
