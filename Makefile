@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MEDIA ?= ../shared/media
 VIDEO ?= $(MEDIA)/edtalk_uncrop_Obama.mp4
-AUDIO ?= $(MEDIA)/sadtalker_RD_Radio34_002.wav
+AUDIO ?=
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m lipsync.demo --video "$(VIDEO)" --audio "$(AUDIO)" --out "$(DEMO_OUT)"
+	$(PY) jobs/demo.py --video "$(VIDEO)" $(if $(AUDIO),--audio "$(AUDIO)") --out "$(DEMO_OUT)"
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -160,3 +160,15 @@ def test_real_audio_decodes_to_16k_mono(media_dir):
     speech = media.read_audio(media_dir / "sadtalker_chinese_news.wav")  # 48 kHz stereo
     assert abs(speech.size / 16000 - 8.0) <= 0.01
     assert np.abs(speech).max() > 0.05
+
+
+def test_odd_frame_sizes_are_padded_for_yuv420(tmp_path):
+    out = tmp_path / "odd.mp4"
+    frame = np.full((47, 63, 3), 120, np.uint8)
+    with media.VideoWriter(out, 63, 47) as w:
+        for _ in range(3):
+            w.write(frame)
+    info = media.probe(out)
+    assert (info.width, info.height) == (64, 48)
+    decoded = next(media.iter_video_frames(out))
+    assert abs(int(decoded[:47, :63].mean()) - 120) <= 2  # the picture is intact, one black row/column added

@@ -50,8 +50,8 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
 
 
 def _to_nchw(img: np.ndarray) -> torch.Tensor:
-    """(H, W, C) uint8 -> (1, C, H, W) float64 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(torch.float64).div(255.0)[None]
+    """(H, W, C) uint8 -> (1, C, H, W) float32 in [0, 1] (float64 convolutions are ~50x slower on CPU)."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(torch.float32).div(255.0)[None]
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
