@@ -162,6 +162,47 @@ def dub(
         raise typer.Exit(run.exit_code)
 
 
+@app.command()
+def train(
+    dataset: str = typer.Option(..., "--dataset", help="prepared dataset directory (path or URI)"),
+    out: str = typer.Option(..., "--out", help="character bundle to create (path or URI)"),
+    preset: str = typer.Option(..., "--preset", help="model size: tiny | st2d-160 | st2d-328"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="generator steps (stage 2)"),
+    syncnet_steps: Optional[int] = typer.Option(None, "--syncnet-steps", help="SyncNet steps (stage 1)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    audio_encoder: Optional[str] = typer.Option(
+        None, "--audio-encoder", help="pretrained AudioEncoder (SyncTalk_2D audio_visual_encoder.pth layout)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="checkpoints and metrics (default OUT.run)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the run dir"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing bundle and start a fresh run"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default configs/train.yaml)"),
+    set_: List[str] = typer.Option([], "--set", help="config override key=value (repeatable)"),
+) -> None:
+    """Train a character (SyncNet, then the generator) and write its bundle."""
+    from lipsync import config as C
+    from lipsync.train import TrainConfig, train_character
+
+    with input_errors_exit_2():
+        overrides = C.parse_overrides(set_)
+        flags = {"preset": preset, "generator_steps": steps, "syncnet_steps": syncnet_steps, "device": device,
+                 "audio_encoder": audio_encoder}
+        overrides.update({k: v for k, v in flags.items() if v is not None})
+        cfg = C.load(TrainConfig, config or "train", overrides)
+        with progress_bar(f"train {preset}") as update:
+            result = train_character(dataset, out, cfg, run_dir=run_dir, resume=resume, overwrite=overwrite,
+                                     progress=lambda d, t, extra: update(d, t, extra=extra))
+    s = result.summary
+    acc = s.get("syncnet_val_acc")
+    l1 = s.get("val_l1")
+    console.print(
+        f"trained [bold]{preset}[/] -> {out} (version {result.version[:12]}): {result.syncnet_steps} SyncNet + "
+        f"{result.generator_steps} generator steps in {result.seconds:.0f} s"
+        + (f"; SyncNet held-out accuracy {acc:.3f}" if acc is not None else "")
+        + (f"; held-out L1 {l1:.4f}" if l1 is not None else "")
+        + f"; checkpoints in {result.run_dir}"
+    )
+
+
 def main() -> None:
     app()
 
