@@ -88,14 +88,19 @@ def plan_one(item: CatalogItem, output_root: str, run: str, cfg: DubConfig,
 
 
 class RenderShards:
-    """A model replica: renders shard rows into segments in storage (reusing ones that exist)."""
+    """A model replica: renders shard rows into segments in storage (reusing ones that exist).
+
+    A catalog may name several characters, so the actor cannot know in `__init__` which to load;
+    it loads each on first use and keeps the last `character_cache` of them (and the last
+    `feature_cache` items' audio features): a model is loaded once per actor, not per shard.
+    """
 
     def __init__(self, cfg: DubConfig, device: str):
+        import torch
+
         from lipsync.bundle import load_character
         from lipsync.device import resolve_device
         from lipsync.render.pipeline import prepare_for_inference
-
-        import torch
 
         self.cfg = cfg
         self.device = resolve_device(device)

@@ -89,3 +89,17 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if SERVER_START_SECONDS:
         timings = ", ".join(f"{name} {s:.1f} s" for name, s in SERVER_START_SECONDS.items())
         terminalreporter.write_line(f"server start-up: {timings}")
+
+
+@pytest.fixture(scope="session")
+def prepared_obama(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 20 s Obama clip (500 frames) prepared once per session: a real dataset directory."""
+    from lipsync.config import PrepareConfig
+    from lipsync.data.prepare import prepare
+
+    video = media_dir / "edtalk_uncrop_Obama.mp4"
+    if not video.is_file():
+        pytest.skip(f"{video} not present")
+    out = tmp_path_factory.mktemp("prepared") / "obama"
+    prepare(str(video), "obama", str(out), PrepareConfig())
+    return out

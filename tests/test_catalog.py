@@ -274,3 +274,18 @@ def test_summary_lists_failures_with_reasons():
     assert "failed items (1)" in text and "o/b.wav: not a media file" in text
     assert "render" in text and "80%" in text  # stage share of the wall time
     assert "o/_reports/r.json" in text
+
+
+def test_cli_rejects_a_bad_catalog_with_exit_code_2_before_starting_ray(tmp_path):
+    from typer.testing import CliRunner
+
+    from lipsync.cli import app
+
+    cat = tmp_path / "cat.csv"
+    cat.write_text(csv_catalog("x,c,a.wav,,,", "x,c,b.wav,,,"))
+    result = CliRunner().invoke(app, ["dub", str(cat), "--output-root", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "row 2: duplicate id 'x' (first on row 1)" in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()  # nothing ran
+    bad_option = CliRunner().invoke(app, ["dub", str(cat), "--output-root", "o", "--actors", "3:1"])
+    assert bad_option.exit_code == 2 and "--actors" in bad_option.output

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import posixpath
 from pathlib import Path
 
 import numpy as np
@@ -237,4 +238,9 @@ def test_s3_catalog_bundle_audio_and_outputs(ray_head, s3_server, s3_tmp, charac
         with storage.local_copy(items[name]["output"]) as local:
             assert media.count_video_frames(local) == expected_frames(name)
             assert media.probe(local).has_audio
-    assert sorted(storage.ls(out)) == ["_manifest.json", "_reports", "news.mp4", "radio.mp4"]
+    # only finished outputs and bookkeeping are left: no work files, no temp keys (SeaweedFS keeps
+    # empty directory entries after deletes, so files are listed, not names)
+    fs, root = storage.filesystem(out)
+    files = sorted(posixpath.relpath(f, root) for f in fs.find(root))
+    assert [f for f in files if not f.startswith("_reports/")] == ["_manifest.json", "news.mp4", "radio.mp4"], files
+    assert len([f for f in files if f.startswith("_reports/")]) == 1

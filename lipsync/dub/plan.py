@@ -165,10 +165,6 @@ class ItemPlan:
     shards: list[Shard] = field(default_factory=list)
     seconds: float = 0.0  # time spent planning
 
-    @property
-    def character(self) -> str:
-        return self.item.character
-
 
 def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, characters: LruCache,
               manifest_entry: dict[str, Any] | None) -> ItemPlan:
@@ -183,6 +179,8 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
 
     started = time.perf_counter()
     # 1. audio bytes
+    if not storage.exists(item.audio):
+        raise InputError(item.audio, "audio file not found")
     with storage.local_copy(item.audio) as audio_path:
         audio_sha = file_sha256(audio_path)
         # 2. character

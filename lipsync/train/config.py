@@ -6,13 +6,24 @@ every checkpoint and bundle. These are the numbers of one training run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from lipsync import config as config_io
 from lipsync.data.dataset import NegativeSampling
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def _coerce_float_strings(obj: object) -> None:
+    """YAML 1.1 reads `1e-4` (no dot) as a string; accept it for float fields, reject other text."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.type in ("float", float) and isinstance(value, str):
+            try:
+                object.__setattr__(obj, f.name, float(value))
+            except ValueError:
+                raise ValueError(f"{type(obj).__name__}.{f.name} must be a number, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,9 @@ class LossWeights:
     ssim: float = 0.2
     sync: float = 0.03
     vgg: float = 0.01  # used only when TrainConfig.vgg_weights is set
+
+    def __post_init__(self) -> None:
+        _coerce_float_strings(self)
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class TrainConfig:
     audio_encoder: str | None = None  # pretrained AudioEncoder (SyncTalk_2D audio_visual_encoder.pth)
 
     def __post_init__(self) -> None:
+        _coerce_float_strings(self)
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         for name in ("syncnet_steps", "generator_steps"):

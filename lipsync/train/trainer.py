@@ -303,11 +303,8 @@ class Trainer:
 
     def generator_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = torch.cat([to_float(batch["ref"]), to_float(batch["masked"])], dim=1)  # (N, 6, S, S)
-        target = to_float(batch["target"])  # (N, 3, S, S)
-        with autocast(self.device, self.cfg.bf16):
-            pred = model(x, batch["audio"])  # (N, 3, S, S)
-            return self.loss_fn(pred, target, batch["mel"], use_sync=step >= self.cfg.sync_loss_after)
+        return generator_forward(model, self.loss_fn, batch, self.device, self.cfg.bf16,
+                                 use_sync=step >= self.cfg.sync_loss_after)
 
     def _val_samples(self) -> GeneratorSamples:
         return GeneratorSamples(self.frames, self._val_frames(), self.features, self.cfg.seed, fixed=True)
@@ -345,11 +342,7 @@ class Trainer:
     # --- shared by both stages ------------------------------------------------------------------
 
     def _step(self, optim: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(list(params), self.cfg.grad_clip)
-        optim.step()
+        optimizer_step(optim, loss, params, self.cfg.grad_clip)
 
     def _end_of_step(self, last_of_stage: bool, timer: "StepTimer") -> bool:
         """Checkpoint, progress and the stop hooks after an optimizer step; True ends the stage."""
@@ -413,18 +406,7 @@ class Trainer:
 
     def summary(self) -> dict[str, Any]:
         """What the bundle records about this run."""
-        m = self.metrics
-        return {
-            "syncnet_steps": self.syncnet_step,
-            "generator_steps": self.generator_step,
-            "world_size": self.ctx.world_size,
-            "device": self.device.type,
-            "features_from": self.features_from,
-            "syncnet_val_acc": m.last("syncnet", "val_acc"),
-            "val_l1": m.last("generator", "val_l1"),
-            "val_l1_reference_copy": m.last("generator", "val_l1_reference_copy"),
-            "config": config_io.to_dict(self.cfg),
-        }
+        return run_summary(self.state(), self.metrics, self.ctx.world_size, self.device.type)
 
     # ------------------------------------------------------------------------------------------
     # cleanup
@@ -435,6 +417,42 @@ class Trainer:
         self.features = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def run_summary(state: dict[str, Any], metrics: MetricsLog, world_size: int, device: str) -> dict[str, Any]:
+    """The `train` entry of bundle.json, from a final training state and its metrics."""
+    return {
+        "syncnet_steps": state["syncnet_step"],
+        "generator_steps": state["generator_step"],
+        "world_size": world_size,
+        "device": device,
+        "features_from": state.get("features_from"),
+        "syncnet_val_acc": metrics.last("syncnet", "val_acc"),
+        "val_l1": metrics.last("generator", "val_l1"),
+        "val_l1_reference_copy": metrics.last("generator", "val_l1_reference_copy"),
+        "config": state.get("train_config"),
+        "dataset": state.get("dataset"),
+    }
+
+
+def generator_forward(model: nn.Module, loss_fn: GeneratorLoss, batch: dict[str, torch.Tensor],
+                      device: torch.device, bf16: bool, use_sync: bool = True
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One generator forward on a GeneratorSamples batch (already on `device`): (loss, parts)."""
+    x = torch.cat([to_float(batch["ref"]), to_float(batch["masked"])], dim=1)  # (N, 6, S, S)
+    target = to_float(batch["target"])  # (N, 3, S, S)
+    with autocast(device, bf16):
+        pred = model(x, batch["audio"])  # (N, 3, S, S)
+        return loss_fn(pred, target, batch["mel"], use_sync=use_sync)
+
+
+def optimizer_step(optim: torch.optim.Optimizer, loss: torch.Tensor, params, grad_clip: float) -> None:
+    """zero_grad, backward, clip, step (zeroing first: gradients never leak across steps)."""
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(list(params), grad_clip)
+    optim.step()
 
 
 class StepTimer:

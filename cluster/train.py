@@ -1,0 +1,199 @@
+"""Character training on Ray Train: the library's Trainer inside `ray.train.torch.TorchTrainer`.
+
+    driver: check inputs -> TorchTrainer(train_loop_per_worker, ScalingConfig, RunConfig).fit()
+            -> final checkpoint -> save_bundle (lipsync.train.export_bundle)
+    worker: dataset from storage (once per node) -> Trainer(cfg, dataset, RayTrainContext) -> train
+
+Everything model-related is lipsync.train.Trainer; `RayTrainContext` maps its few environment
+calls onto Ray Train: `prepare_model` (DDP, gloo on CPU / nccl on GPU), `prepare_data_loader`
+(a DistributedSampler per rank), `ray.train.report(metrics, checkpoint=...)` (rank 0 writes the
+checkpoint directory, every rank reports), and `ray.train.get_checkpoint()` to resume after a
+worker failure (FailureConfig(max_failures)) or when a run of the same name is started again on
+the same storage path. Checkpoints go to RunConfig(storage_path) -- a local/shared path or
+s3://, reached with the same endpoint and credentials as lipsync.io.storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lipsync import config as config_io
+from lipsync.errors import InputError, OutputExistsError
+from lipsync.io import storage
+from lipsync.models import model_preset
+from lipsync.train import checkpoint as ckpt
+from lipsync.train import export_bundle, local_dataset
+from lipsync.train.config import TrainConfig
+from lipsync.train.context import RunContext
+from lipsync.train.trainer import Trainer, run_summary
+
+FAILURE_MARKER = "_injected_failure"  # see RayTrainContext.on_step
+
+
+class RayTrainContext(RunContext):
+    """The Trainer's environment inside a Ray Train worker."""
+
+    def __init__(self, fail_at_step: int | None = None, failure_marker: str | None = None):
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.fail_at_step = fail_at_step
+        self.failure_marker = failure_marker
+
+    def device(self, requested: str) -> torch.device:
+        return ray.train.torch.get_device()  # cuda:<local rank> with use_gpu, else cpu
+
+    def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        return ray.train.torch.prepare_model(model)  # to the device; DDP when world_size > 1
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        return ray.train.torch.prepare_data_loader(loader)  # DistributedSampler when world_size > 1
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    def save_checkpoint(self, written: Path | None, global_step: int, metrics: dict[str, Any]) -> None:
+        checkpoint = Checkpoint.from_directory(str(written)) if written is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def on_step(self, global_step: int) -> None:
+        """Testing hook: fail once at `fail_at_step`. The marker in the run's storage survives the
+        worker restart, so the retried attempt runs through."""
+        if self.fail_at_step is None or global_step != self.fail_at_step or not self.is_main:
+            return
+        if self.failure_marker is None or storage.exists(self.failure_marker):
+            return
+        storage.write_text(self.failure_marker, f"failed once at step {global_step}\n")
+        raise RuntimeError(f"injected failure at step {global_step} (fail_at_step)")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: read the dataset (cached per node) and run the library's Trainer."""
+    cfg = config_io.from_dict(TrainConfig, config["train"])
+    dataset_dir = storage.cached_local_dir(config["dataset"])
+    context = RayTrainContext(config.get("fail_at_step"), config.get("failure_marker"))
+    trainer = Trainer(cfg, dataset_dir, context)
+    trainer.setup()
+    try:
+        trainer.train()
+    finally:
+        trainer.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+
+
+@dataclass
+class RayTrainResult:
+    out: str
+    version: str
+    checkpoint_path: str  # where the final checkpoint lies in the run's storage
+    run_name: str
+    seconds: float
+    summary: dict[str, Any]
+
+
+def run_storage(storage_path: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for RunConfig: s3:// goes through a pyarrow wrapper around
+    lipsync.io.storage's fsspec filesystem, so a custom endpoint and the credentials from the
+    environment apply (Ray's default S3 filesystem would ignore LIPSYNC_S3_ENDPOINT)."""
+    if not storage.is_remote(storage_path):
+        return str(Path(storage.filesystem(storage_path)[1])), None
+    import pyarrow.fs
+
+    fs, path = storage.filesystem(storage_path)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def run_config(storage_path: str, name: str, cfg: TrainConfig, max_failures: int) -> RunConfig:
+    path, filesystem = run_storage(storage_path)
+    return RunConfig(
+        name=name,
+        storage_path=path,
+        storage_filesystem=filesystem,
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+    )
+
+
+def worker_env() -> dict[str, str]:
+    """Environment the workers need to reach storage the way this driver does."""
+    import os
+
+    names = (storage.ENDPOINT_ENV, storage.FALLBACK_ENDPOINT_ENV, storage.KEY_ENV, storage.SECRET_ENV,
+             storage.CACHE_DIR_ENV)
+    return {k: os.environ[k] for k in names if os.environ.get(k)}
+
+
+def train_on_ray(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, storage_path: str, name: str,
+                 num_workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1.0,
+                 max_failures: int = 2, overwrite: bool = False, fail_at_step: int | None = None,
+                 ) -> RayTrainResult:
+    """Train a character with `num_workers` data-parallel Ray Train workers; write its bundle.
+
+    Checkpoints go to `<storage_path>/<name>`; starting a run whose name already has checkpoints
+    there resumes it. Input problems raise InputError before any worker starts.
+    """
+    started = time.perf_counter()
+    # 1. inputs and output
+    model_preset(cfg.preset)
+    if storage.exists(out_uri) and not overwrite:
+        raise OutputExistsError(out_uri)
+    dataset_dir = local_dataset(dataset_uri)  # the driver needs the templates for the bundle
+    if num_workers < 1:
+        raise InputError(None, f"num_workers must be >= 1, got {num_workers}")
+    # 2. train
+    loop_config = {"train": config_io.to_dict(cfg), "dataset": str(dataset_uri), "fail_at_step": fail_at_step,
+                   "failure_marker": storage.join(storage_path, name, FAILURE_MARKER)}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        run_config=run_config(storage_path, name, cfg, max_failures),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {name!r} finished without a checkpoint")
+    # 3. save: the driver turns the final checkpoint into the bundle
+    with result.checkpoint.as_directory() as directory:
+        state, metrics = ckpt.read_checkpoint(Path(directory))
+    summary = run_summary(state, metrics, num_workers, "cuda" if use_gpu else "cpu")
+    version = export_bundle(state, out_uri, dataset_dir, summary, overwrite=overwrite)
+    return RayTrainResult(out=str(out_uri), version=version, checkpoint_path=str(result.checkpoint.path),
+                          run_name=name, seconds=time.perf_counter() - started, summary=summary)
+
+
+def prepare_on_ray(video_uri: str, name: str, dataset_uri: str, overwrite: bool = False) -> str:
+    """Run `lipsync.data.prepare.prepare` as one Ray task (on any node; the dataset goes to
+    `dataset_uri`, typically s3://). Landmarks are detected sequentially inside that task."""
+    from lipsync.config import PrepareConfig
+    from lipsync.data.prepare import prepare
+
+    @ray.remote(num_cpus=1)
+    def prepare_task() -> int:
+        return prepare(video_uri, name, dataset_uri, PrepareConfig(), overwrite=overwrite).n_frames
+
+    ray.get(prepare_task.remote())
+    return dataset_uri

@@ -1,0 +1,98 @@
+"""Train a character with Ray Train on the cluster this job was submitted to (or a local Ray).
+
+    ray job submit --address http://HEAD:8265 --working-dir . \
+        --runtime-env-json '{"env_vars": {"LIPSYNC_S3_ENDPOINT": "...", "AWS_ACCESS_KEY_ID": "...", ...}}' \
+        -- python jobs/train_character.py --dataset s3://bucket/datasets/obama \
+           --out s3://bucket/characters/obama --preset st2d-328 --workers 4 --gpu \
+           --storage-path s3://bucket/ray-train --run-name obama-st2d-328
+
+`--video URI --name NAME` instead of `--dataset` prepares the video first (one Ray task) into
+`--dataset-out` (default <storage-path>/<run-name>/dataset). Exit code 2: an input or option is
+invalid (nothing was trained). Only parses arguments: the work is cluster.train (docs/TRAINING.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir: cluster/, lipsync/
+
+from lipsync.errors import InputError  # noqa: E402
+
+EXIT_INPUT_ERROR = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="prepared dataset URI")
+    src.add_argument("--video", help="raw talking-head video URI (prepared first)")
+    p.add_argument("--name", default=None, help="character name (with --video)")
+    p.add_argument("--dataset-out", default=None, help="where --video's dataset goes")
+    p.add_argument("--out", required=True, help="character bundle URI to create")
+    p.add_argument("--preset", default=None, help="tiny | st2d-160 | st2d-328 (default: the config's)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (one GPU each with --gpu)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (DDP over NCCL)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--storage-path", required=True, help="RunConfig storage path for checkpoints (path or s3://)")
+    p.add_argument("--run-name", default=None, help="run name under the storage path (default: bundle name)")
+    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
+    p.add_argument("--steps", type=int, default=None, help="generator steps")
+    p.add_argument("--syncnet-steps", type=int, default=None, help="SyncNet steps")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (and dataset)")
+    p.add_argument("--address", default=None, help="Ray address (default: the job's cluster, else local)")
+    p.add_argument("--config", default=None, help="YAML config (default configs/train.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value (repeatable)")
+    p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: fail once
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from lipsync import config as config_io
+    from lipsync.io import storage
+    from lipsync.train.config import TrainConfig
+
+    try:
+        overrides = config_io.parse_overrides(args.overrides)
+        flags = {"preset": args.preset, "generator_steps": args.steps, "syncnet_steps": args.syncnet_steps,
+                 "device": "cuda" if args.gpu else "cpu"}
+        overrides.update({k: v for k, v in flags.items() if v is not None})
+        cfg = config_io.load(TrainConfig, args.config or "train", overrides)
+        if args.video and not args.name:
+            raise InputError(None, "--video needs --name")
+    except (InputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+    import ray
+
+    from cluster.train import prepare_on_ray, train_on_ray, worker_env
+
+    run_name = args.run_name or storage.name(args.out)
+    ray.init(address=args.address, runtime_env={"env_vars": worker_env()})
+    try:
+        dataset = args.dataset
+        if args.video:
+            dataset = args.dataset_out or storage.join(args.storage_path, run_name, "dataset")
+            print(f"[train] preparing {args.video} -> {dataset}", flush=True)
+            prepare_on_ray(args.video, args.name, dataset, overwrite=args.overwrite)
+        result = train_on_ray(dataset, args.out, cfg, storage_path=args.storage_path, name=run_name,
+                              num_workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                              max_failures=args.max_failures, overwrite=args.overwrite,
+                              fail_at_step=args.fail_at_step)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    s = result.summary
+    print(f"[train] bundle {result.out} version {result.version[:12]}: {s['syncnet_steps']} SyncNet + "
+          f"{s['generator_steps']} generator steps on {args.workers} worker(s) in {result.seconds:.0f} s; "
+          f"SyncNet held-out accuracy {s.get('syncnet_val_acc')}, held-out L1 {s.get('val_l1')}; "
+          f"final checkpoint {result.checkpoint_path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
