@@ -108,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 class RayTrainResult:
     out: str
     version: str
-    checkpoint_path: str  # where the final checkpoint lies in the run's storage
+    checkpoint_uri: str  # the final checkpoint in the run's storage (a path, or s3://...)
     run_name: str
     seconds: float
     summary: dict[str, Any]
@@ -134,6 +134,7 @@ def run_config(storage_path: str, name: str, cfg: TrainConfig, max_failures: int
         storage_filesystem=filesystem,
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        worker_runtime_env={"env_vars": worker_env()},  # storage endpoint/credentials, cache dir
     )
 
 
@@ -181,8 +182,14 @@ def train_on_ray(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, storage_pa
         state, metrics = ckpt.read_checkpoint(Path(directory))
     summary = run_summary(state, metrics, num_workers, "cuda" if use_gpu else "cpu")
     version = export_bundle(state, out_uri, dataset_dir, summary, overwrite=overwrite)
-    return RayTrainResult(out=str(out_uri), version=version, checkpoint_path=str(result.checkpoint.path),
+    return RayTrainResult(out=str(out_uri), version=version, checkpoint_uri=checkpoint_uri(storage_path, result),
                           run_name=name, seconds=time.perf_counter() - started, summary=summary)
+
+
+def checkpoint_uri(storage_path: str, result: Any) -> str:
+    """The final checkpoint as a URI lipsync.io.storage reads (Ray reports a filesystem path)."""
+    path = str(result.checkpoint.path)
+    return f"{storage.protocol(storage_path)}://{path}" if storage.is_remote(storage_path) else path
 
 
 def prepare_on_ray(video_uri: str, name: str, dataset_uri: str, overwrite: bool = False) -> str:

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[train] bundle {result.out} version {result.version[:12]}: {s['syncnet_steps']} SyncNet + "
           f"{s['generator_steps']} generator steps on {args.workers} worker(s) in {result.seconds:.0f} s; "
           f"SyncNet held-out accuracy {s.get('syncnet_val_acc')}, held-out L1 {s.get('val_l1')}; "
-          f"final checkpoint {result.checkpoint_path}", flush=True)
+          f"final checkpoint {result.checkpoint_uri}", flush=True)
     return 0
 
 

@@ -203,6 +203,28 @@ def train(
     )
 
 
+@app.command(name="eval")
+def eval_(
+    dataset: str = typer.Option(..., "--dataset", help="prepared dataset directory the character was trained on"),
+    character: str = typer.Option(..., "--character", help="character bundle (path or URI)"),
+    json_out: str = typer.Option(..., "--json", help="metrics JSON to write (path or URI)"),
+    strip: Optional[str] = typer.Option(None, "--strip", help="PNG strip real | generated | shuffled"),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="evaluate only the first N held-out frames"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Self-reconstruction on the held-out frames: PSNR/SSIM, lip distance, sync vs shuffled audio."""
+    from lipsync.eval import EvalConfig, evaluate, markdown_table
+
+    with input_errors_exit_2():
+        cfg = EvalConfig(device=device) if device is not None else EvalConfig()
+        with progress_bar("eval") as update:
+            result = evaluate(dataset, character, json_out, strip_png=strip, max_frames=max_frames, cfg=cfg,
+                              progress=lambda d, t: update(d, t))
+    console.print(markdown_table(result), highlight=False, soft_wrap=True)
+    console.print(f"evaluated {result['frames']['evaluated']} held-out frames in {result['seconds']:.0f} s -> {json_out}"
+                  + (f", {strip}" if strip else ""))
+
+
 def main() -> None:
     app()
 

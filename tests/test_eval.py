@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -154,3 +155,165 @@ def test_sync_score_pairs_faces_with_their_audio_through_the_model():
     unshifted = sync_score(codes, faces, frames + shift, windows_of, n_audio, max_offset=10,
                            audio_offset=audio_offset)
     assert unshifted.offset == 0
+
+
+# --- with a SyncNet trained on real data, and `lipsync eval` end to end --------------------------------
+
+CLIP_FRAMES = 50  # 2 s of the Obama clip
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The SyncNet trains ~10x faster with one thread on a loaded 2-core machine (no oversubscription)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def clip_dataset(tmp_path_factory, media_dir) -> Path:
+    """The first 2 s of the Obama clip, prepared (50 frames)."""
+    from lipsync.config import PrepareConfig
+    from lipsync.data.prepare import prepare
+    from lipsync.io import media
+
+    root = tmp_path_factory.mktemp("eval_ds")
+    source = media_dir / "edtalk_uncrop_Obama.mp4"
+    media.write_wav(root / "clip.wav", media.read_audio(source)[: CLIP_FRAMES * 16000 // 25])
+    with media.VideoWriter(root / "clip.mp4", 450, 450, media.EncodeSettings(crf=12), audio=root / "clip.wav") as w:
+        for i, frame in enumerate(media.iter_video_frames(source)):
+            if i == CLIP_FRAMES:
+                break
+            w.write(frame)
+    prepare(str(root / "clip.mp4"), "obama2s", str(root / "ds"), PrepareConfig())
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def trained(clip_dataset, one_thread):
+    """Stage 1 of lipsync.train (SyncNet only) on every frame of the clip: ~300 steps, ~40 s on 2 loaded cores."""
+    from lipsync.train import Trainer, TrainConfig
+    from lipsync.train.context import RunContext
+
+    cfg = TrainConfig(preset="tiny", syncnet_steps=300, generator_steps=0, syncnet_batch_size=8, syncnet_lr=3e-3,
+                      val_fraction=0.0, device="cpu", log_every=1000, val_every=1000, checkpoint_every=1000)
+    trainer = Trainer(cfg, clip_dataset, RunContext())
+    trainer.setup()
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.media
+def test_trained_syncnet_finds_the_audio_shift(trained):
+    from lipsync.data.inputs import to_chw
+
+    frames = trained.frames
+    n = frames.n_frames
+    indices = np.arange(n)
+    faces = torch.from_numpy(np.stack([to_chw(frames.model_view(k)) for k in indices]))
+    found = {}
+    for shift in (0, 3, -6):
+        # audio delayed by `shift` frames: audio frame j carries what was said at frame j - shift
+        def windows_of(audio_frames, shift=shift):
+            return frames.mel_windows[np.clip(audio_frames - shift, 0, n - 1)]
+
+        score = sync_score(trained.syncnet, faces, indices, windows_of, n, max_offset=10)
+        assert score.confidence > 0.05, score
+        found[shift] = score.offset
+    # the mel windows of neighbouring frames overlap (each spans 5 frames): allow one frame
+    assert abs(found[0]) <= 1, found
+    assert abs((found[3] - found[0]) - 3) <= 1 and abs((found[-6] - found[0]) + 6) <= 1, found
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(trained, clip_dataset, tmp_path_factory) -> str:
+    """A tiny character: untrained generator, the SyncNet trained above (its audio tower = the features)."""
+    from lipsync.bundle import save_bundle
+    from lipsync.config import AudioConfig, GeometryConfig
+
+    out = tmp_path_factory.mktemp("bundle") / "obama_tiny"
+    save_bundle(str(out), name="obama2s", preset="tiny", generator=trained.generator.eval(),
+                audio_encoder=trained.syncnet.audio_encoder, syncnet=trained.syncnet, audio=AudioConfig(),
+                geometry=GeometryConfig(), dataset_dir=clip_dataset, train_info={"syncnet_steps": 300})
+    return str(out)
+
+
+class CopyReference(nn.Module):
+    """A generator that paints the reference crop back unchanged (the real frame, here): ignores audio."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        return x[:, :3]  # (N, 3, S, S): the reference channels
+
+
+@pytest.mark.media
+def test_evaluate_known_answer_with_a_copying_generator(tiny_bundle, clip_dataset, tmp_path):
+    from lipsync.bundle import load_character
+    from lipsync.eval import evaluate
+
+    character = load_character(tiny_bundle, device="cpu")
+    character.generator = CopyReference()
+    result = evaluate(clip_dataset, tiny_bundle, str(tmp_path / "m.json"), max_frames=4, character=character)
+    m = result["metrics"]
+    assert result["frames"] == {"evaluated": 4, "first": 45, "last": 48}  # the last 10%: frames 45..49
+    gen, shuf, tmpl = m["generated"], m["shuffled"], m["template"]
+    # only a resize round trip of the crop separates the output from the real frame
+    assert gen["psnr_full"] > 35 and gen["ssim_full"] > 0.98 and gen["ssim_mouth"] > 0.9
+    assert gen["lmd"] < 1.5 and gen["lmd_frames"] == 4
+    assert shuf == gen  # the copy ignores the audio
+    # the template baseline shows other frames (0..3, a dub's first templates): a different mouth
+    assert tmpl["lmd"] > gen["lmd"] + 1.0 and tmpl["psnr_mouth"] < gen["psnr_mouth"]
+    assert abs(gen["sync"]["distance"] - m["real"]["sync"]["distance"]) < 0.02
+
+
+@pytest.mark.media
+def test_eval_cli_writes_every_field_and_the_strip(tiny_bundle, clip_dataset, tmp_path):
+    import json
+
+    import cv2
+    from typer.testing import CliRunner
+
+    from lipsync.cli import app
+
+    out, strip = tmp_path / "eval.json", tmp_path / "strip.png"
+    result = CliRunner().invoke(app, ["eval", "--dataset", str(clip_dataset), "--character", tiny_bundle,
+                                      "--json", str(out), "--strip", str(strip), "--max-frames", "3",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "| generated |" in result.output
+    data = json.loads(out.read_text())
+    assert data["frames"]["evaluated"] == 3 and data["character"]["preset"] == "tiny"
+    for name in ("generated", "shuffled", "template"):
+        row = data["metrics"][name]
+        for key in ("psnr_full", "ssim_full", "psnr_mouth", "ssim_mouth", "lmd", "lmd_frames"):
+            assert isinstance(row[key], (int, float)), (name, key, row[key])
+        sync = row["sync"]
+        assert 0.0 <= sync["distance"] <= 1.0 and -10 <= sync["offset"] <= 10 and len(sync["curve"]) == 21
+    assert data["metrics"]["shuffled"]["sync_own_audio"]["offsets"] == list(range(-10, 11))
+    assert data["metrics"]["real"]["sync"]["confidence"] >= 0.0
+    assert data["settings"]["sync_max_offset"] == 10 and data["settings"]["shuffle_roll_frames"] == 25
+    image = cv2.imread(str(strip))
+    assert image.shape == (3 * 320, 3 * 320, 3)  # 3 frames x (real | generated | shuffled)
+
+
+@pytest.mark.media
+def test_eval_cli_bad_inputs_exit_2(tiny_bundle, clip_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from lipsync.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "eval.json"
+    for args, words in (
+        (["--dataset", str(tmp_path / "nowhere"), "--character", tiny_bundle], "nowhere"),
+        (["--dataset", str(clip_dataset), "--character", str(tmp_path / "nobody")], "nobody"),
+        (["--dataset", str(clip_dataset), "--character", tiny_bundle, "--max-frames", "0"], "max-frames"),
+    ):
+        result = runner.invoke(app, ["eval", *args, "--json", str(out), "--device", "cpu"])
+        assert result.exit_code == 2, result.output
+        assert words in " ".join(result.output.split())
+        assert not out.exists()

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from lipsync.audio.features import encode_frames
+from lipsync.audio.features import context_stack, encode_frames
 from lipsync.bundle import BUNDLE_FILE, GENERATOR_FILE, load_character, save_bundle
 from lipsync.config import AudioConfig, GeometryConfig
 from lipsync.data.dataset import (
@@ -26,12 +26,12 @@ from lipsync.data.dataset import (
     SyncPairs,
     load_frames,
     split_frames,
-    to_float,
 )
+from lipsync.data.inputs import to_chw
 from lipsync.errors import InputError, OutputExistsError
 from lipsync.face.geometry import mask_rect
 from lipsync.models import AudioEncoder, Generator, GeneratorConfig, build_generator, build_syncnet
-from lipsync.train import LocalContext, Trainer, load_train_config, train_character
+from lipsync.train import LocalContext, Trainer, load_train_config
 from lipsync.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from lipsync.train.config import LossWeights
 from lipsync.train.losses import GeneratorLoss, PerceptualLoss, load_vgg19
@@ -113,18 +113,21 @@ def test_generator_sample_has_masked_target_and_other_reference(frames):
     feats = np.random.default_rng(0).standard_normal((500, 512)).astype(np.float32)
     samples = GeneratorSamples(frames, frames.split.train, feats, seed=0)
     x0, y0, x1, y1 = mask_rect(TINY, frames.geometry)
+    views = np.stack([to_chw(frames.model_view(j)) for j in range(450)])  # (450, 3, S, S)
     for i in (0, 17, 449):
         item = samples[i]
-        target, masked = item["target"].numpy(), item["masked"].numpy()
-        assert target.shape == (3, TINY, TINY) and item["audio"].shape == (32, 16, 16)
+        ref, masked, target = item["input"][:3].numpy(), item["input"][3:].numpy(), item["target"].numpy()
+        assert item["input"].shape == (6, TINY, TINY) and item["audio"].shape == (32, 16, 16)
+        assert np.array_equal(target, views[i])
         assert (masked[:, y0:y1, x0:x1] == 0).all()
         assert np.array_equal(masked[:, :y0], target[:, :y0])  # above the mask: untouched
-        assert not torch.equal(item["ref"], item["target"])  # another frame
-        ref_frame = [j for j in range(450) if np.array_equal(frames.model_view(j).transpose(2, 0, 1), item["ref"])]
-        assert ref_frame and ref_frame[0] != i and ref_frame[0] < 450  # a training frame
-    # validation samples draw references from the training split as well
+        ref_frames = [j for j in range(450) if np.array_equal(views[j], ref)]
+        assert ref_frames and i not in ref_frames  # another training frame
+        assert np.array_equal(item["audio"].numpy(), context_stack(feats, i, frames.audio))
+    # validation targets are held-out frames; their references still come from the training split
     val = GeneratorSamples(frames, frames.split.val, feats, seed=0, fixed=True)
-    assert torch.equal(val[3]["ref"], val[3]["ref"]) and len(val) == 50
+    assert len(val) == 50
+    assert any(np.array_equal(views[j], val[3]["input"][:3].numpy()) for j in range(450))
 
 
 # --- stage 2: the generator learns ---------------------------------------------------------------
@@ -310,8 +313,9 @@ def test_cli_trains_a_bundle_with_a_pretrained_audio_encoder(prepared_obama, tmp
     torch.save({k.removeprefix("audio_encoder."): v for k, v in encoder.state_dict().items()},
                tmp_path / "audio_visual_encoder.pth")
     out = tmp_path / "bundle"
+    weights = str(tmp_path / "audio_visual_encoder.pth")
     done = _cli("--dataset", str(prepared_obama), "--out", str(out), "--preset", "tiny", "--steps", "2",
-                "--syncnet-steps", "2", "--device", "cpu", "--audio-encoder", str(tmp_path / "audio_visual_encoder.pth"),
+                "--syncnet-steps", "2", "--device", "cpu", "--audio-encoder", weights,
                 *[a for kv in QUICK[1:] for a in ("--set", kv)])
     assert done.returncode == 0, done.stderr
     assert "trained tiny" in done.stderr

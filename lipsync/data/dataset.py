@@ -5,8 +5,8 @@
 time: the LAST `val_fraction` of them are the validation split and are never trained on (a random
 split would leak near-identical neighbouring frames into validation).
 
-Items are dicts of tensors. Images stay uint8 (C, H, W) BGR until they reach the device, where
-`to_float` scales them to [0, 1]: a quarter of the bytes through the loader and host-to-device copy.
+Items are dicts of float32 tensors. Model inputs are built by lipsync.data.inputs, the module
+render uses too, so a character is rendered exactly as it was trained.
 
 Randomness (reference frames, negative audio) comes from a generator seeded by
 (seed, epoch, index), never from global state: an item is a pure function of those three numbers,
@@ -28,6 +28,7 @@ from lipsync.audio.features import context_stack
 from lipsync.audio.mel import mel_windows
 from lipsync.config import AudioConfig, GeometryConfig, from_dict
 from lipsync.data import layout
+from lipsync.data.inputs import generator_input, to_chw
 from lipsync.errors import InputError
 from lipsync.face import geometry
 
@@ -139,17 +140,7 @@ def load_frames(root: str | Path, size: int, margin: int, val_fraction: float,
                            size=size, margin=margin, audio=audio_cfg, geometry=geometry_cfg, split=split)
 
 
-# --- tensors ---------------------------------------------------------------------------------------
-
-
-def image_tensor(img: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) uint8 tensor (a copy, contiguous)."""
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (any shape) -> float32 in [0, 1] (call on the device)."""
-    return images.float().div_(255.0)
+# --- items -----------------------------------------------------------------------------------------
 
 
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -189,8 +180,8 @@ class SyncPairs(Dataset):
     frames of the same split (label 0). Training uses one negative per positive (balanced
     batches); validation may use more to measure the negative side with less noise.
 
-    Items: face (3, S, S) uint8 (the model view; the training step cuts the lower face), mel
-    (1, n_mels, mel_window) float32, label () float32.
+    Items: face (3, S, S) in [0, 1] (the model view; the training step cuts the lower face), mel
+    (1, n_mels, mel_window), label ().
     """
 
     def __init__(self, frames: CharacterFrames, indices: np.ndarray, negatives: NegativeSampling, seed: int,
@@ -218,7 +209,7 @@ class SyncPairs(Dataset):
         audio_frame = k if positive else negative_frame(k, self.indices, item_rng(self.seed, self.epoch, i),
                                                         self.negatives)
         return {
-            "face": image_tensor(self.frames.model_view(k)),
+            "face": torch.from_numpy(to_chw(self.frames.model_view(k))),
             "mel": torch.from_numpy(self.frames.mel_windows[audio_frame][None].copy()),  # (1, 80, 16)
             "label": torch.tensor(1.0 if positive else 0.0),
         }
@@ -230,11 +221,11 @@ class SyncPairs(Dataset):
 class GeneratorSamples(Dataset):
     """Items for the generator, one per target frame of `indices`.
 
-    ref (3, S, S) uint8: the model view of a random OTHER training frame (the identity/texture hint)
-    masked (3, S, S) uint8: the target's model view with the lower face blacked out
-    target (3, S, S) uint8: the target's model view
-    audio (*context_shape) float32: the +-context stack of per-frame audio features
-    mel (1, n_mels, mel_window) float32: the target frame's own mel window (for the sync loss)
+    input (6, S, S): inputs.generator_input(reference, target view) -- the view of a random OTHER
+        training frame (the identity/texture hint) ++ the target's view with the lower face masked
+    target (3, S, S): the target's model view, in [0, 1]
+    audio (*context_shape): the +-context stack of per-frame audio features
+    mel (1, n_mels, mel_window): the target frame's own mel window (for the sync loss)
     """
 
     def __init__(self, frames: CharacterFrames, indices: np.ndarray, features: np.ndarray, seed: int,
@@ -270,9 +261,8 @@ class GeneratorSamples(Dataset):
         view = self.frames.model_view(k)
         ref = self.frames.model_view(self.reference_frame(i, k))
         return {
-            "ref": image_tensor(ref),
-            "masked": image_tensor(geometry.mask_lower_face(view, self.frames.geometry)),
-            "target": image_tensor(view),
+            "input": torch.from_numpy(generator_input(ref, view, self.frames.geometry)),
+            "target": torch.from_numpy(to_chw(view)),
             "audio": torch.from_numpy(context_stack(self.features, k, self.frames.audio)),
             "mel": torch.from_numpy(self.frames.mel_windows[k][None].copy()),
             "frame": torch.tensor(k),

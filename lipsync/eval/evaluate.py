@@ -29,15 +29,18 @@ import torch
 
 from lipsync.audio.features import context_range
 from lipsync.audio.mel import mel_windows, melspectrogram
+from lipsync.bundle import load_character
 from lipsync.data import layout
 from lipsync.data.dataset import split_frames
 from lipsync.data.inputs import generator_input, to_chw, to_image
+from lipsync.device import resolve_device
 from lipsync.errors import InputError
 from lipsync.eval import metrics
 from lipsync.face import geometry
 from lipsync.face.landmarks import FaceMeshDetector
 from lipsync.io import media, storage
 from lipsync.render import audio_features
+from lipsync.train.api import local_dataset
 from lipsync.train.config import TrainConfig
 
 ProgressFn = Callable[[int, int], None]
@@ -92,12 +95,14 @@ class _Reference:
 # steps
 
 
-def _check_inputs(dataset_dir: str | Path, max_frames: int | None, cfg: EvalConfig) -> dict:
+def _check_inputs(dataset_uri: str | Path, max_frames: int | None, cfg: EvalConfig) -> tuple[Path, dict]:
+    """A local copy of the (validated) dataset and its meta; bad options are InputErrors."""
     if max_frames is not None and max_frames < 1:
         raise InputError(None, f"--max-frames must be >= 1, got {max_frames}")
     if cfg.strip_frames < 1 or cfg.batch_size < 1:
         raise InputError(None, "strip_frames and batch_size must be >= 1")
-    return layout.validate_dataset(Path(dataset_dir))
+    root = local_dataset(str(dataset_uri))
+    return root, layout.validate_dataset(root)
 
 
 def held_out_frames(n_frames: int, n_audio_frames: int, cfg: EvalConfig, max_frames: int | None) -> np.ndarray:
@@ -234,15 +239,15 @@ def _json_safe(value):
 def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_png: str | None = None,
              max_frames: int | None = None, *, cfg: EvalConfig = EvalConfig(), character=None,
              progress: ProgressFn | None = None) -> dict:
-    """Evaluate the character at `character_uri` on the held-out frames of `dataset_dir`; write JSON (+ PNG)."""
-    started = time.perf_counter()
-    root = Path(dataset_dir)
-    # 1. check inputs, load the character and the dataset's arrays
-    meta = _check_inputs(root, max_frames, cfg)
-    if character is None:
-        from lipsync.bundle import load_character  # the bundle module imports the training stack
-        from lipsync.device import resolve_device
+    """Evaluate the character at `character_uri` on the held-out frames of `dataset_dir` (path or URI).
 
+    Writes the metrics as JSON to `out_json` (and the strip to `strip_png`, both paths or URIs) and
+    returns the same dict. `character` (an already loaded Character) skips loading `character_uri`.
+    """
+    started = time.perf_counter()
+    # 1. check inputs, load the character and the dataset's arrays
+    root, meta = _check_inputs(dataset_dir, max_frames, cfg)
+    if character is None:
         character = load_character(character_uri, device=resolve_device(cfg.device))
     boxes = np.load(root / layout.BOXES_FILE)
     landmarks = np.load(root / layout.LANDMARKS_FILE)
@@ -305,7 +310,7 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
         "eval_format": EVAL_FORMAT,
         "character": {"uri": str(character_uri), "name": character.name, "preset": character.preset,
                       "version": character.version},
-        "dataset": {"path": str(root), "name": meta.get("name"), "n_frames": n_frames, "audio_frames": n_audio},
+        "dataset": {"uri": str(dataset_dir), "name": meta.get("name"), "n_frames": n_frames, "audio_frames": n_audio},
         "frames": {"evaluated": len(frames), "first": int(frames[0]), "last": int(frames[-1])},
         "settings": {**asdict(cfg), "sync_distance": "1 - cosine similarity of the SyncNet embeddings",
                      "shuffle_roll_frames": roll, "syncnet": character.syncnet is not None},

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from lipsync import config as config_io
 from lipsync.audio.features import encode_frames
-from lipsync.data.dataset import CharacterFrames, GeneratorSamples, SyncPairs, load_frames, to_float
+from lipsync.data.dataset import CharacterFrames, GeneratorSamples, SyncPairs, load_frames
 from lipsync.errors import InputError
 from lipsync.io import storage
 from lipsync.models import (
@@ -150,6 +150,8 @@ class Trainer:
         self.generator_step = int(state["generator_step"])
         self.metrics = metrics
         self.metrics.truncate(self.global_step)
+        if self.ctx.is_main:
+            self.metrics.add({"stage": "resume", "step": self.global_step, "stage_step": self.global_step})
         return state
 
     def _restore_weights(self, state: dict[str, Any]) -> None:
@@ -220,7 +222,7 @@ class Trainer:
         timer = StepTimer()
         for batch in self.batches(loader, self.syncnet_step):
             with autocast(self.device, cfg.bf16):
-                loss, sim = syncnet_loss(self.syncnet_model, to_float(batch["face"]), batch["mel"], batch["label"],
+                loss, sim = syncnet_loss(self.syncnet_model, batch["face"], batch["mel"], batch["label"],
                                          face_size)
             self._step(self.syncnet_optim, loss, self.syncnet.parameters())
             self.syncnet_step += 1
@@ -246,7 +248,7 @@ class Trainer:
         for batch in DataLoader(pairs, batch_size=cfg.syncnet_batch_size):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with autocast(self.device, cfg.bf16):
-                _, sim = syncnet_loss(self.syncnet, to_float(batch["face"]), batch["mel"], batch["label"],
+                _, sim = syncnet_loss(self.syncnet, batch["face"], batch["mel"], batch["label"],
                                       tuple(self.syncnet.config.face_size))
             sims.append(sim.float())
             labels.append(batch["label"])
@@ -334,7 +336,7 @@ class Trainer:
             return {}
         total, count = 0.0, 0
         for batch in DataLoader(self._val_samples(), batch_size=64):
-            diff = (to_float(batch["ref"]) - to_float(batch["target"])).abs()
+            diff = (batch["input"][:, :3] - batch["target"]).abs()  # reference crop vs target
             total += float(diff.mean(dim=(1, 2, 3)).sum())
             count += len(diff)
         return {"val_l1_reference_copy": total / count}
@@ -439,11 +441,9 @@ def generator_forward(model: nn.Module, loss_fn: GeneratorLoss, batch: dict[str,
                       device: torch.device, bf16: bool, use_sync: bool = True
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One generator forward on a GeneratorSamples batch (already on `device`): (loss, parts)."""
-    x = torch.cat([to_float(batch["ref"]), to_float(batch["masked"])], dim=1)  # (N, 6, S, S)
-    target = to_float(batch["target"])  # (N, 3, S, S)
     with autocast(device, bf16):
-        pred = model(x, batch["audio"])  # (N, 3, S, S)
-        return loss_fn(pred, target, batch["mel"], use_sync=use_sync)
+        pred = model(batch["input"], batch["audio"])  # (N, 6, S, S) -> (N, 3, S, S)
+        return loss_fn(pred, batch["target"], batch["mel"], use_sync=use_sync)
 
 
 def optimizer_step(optim: torch.optim.Optimizer, loss: torch.Tensor, params, grad_clip: float) -> None:
