@@ -221,7 +221,8 @@ def eval_(
             result = evaluate(dataset, character, json_out, strip_png=strip, max_frames=max_frames, cfg=cfg,
                               progress=lambda d, t: update(d, t))
     console.print(markdown_table(result), highlight=False, soft_wrap=True)
-    console.print(f"evaluated {result['frames']['evaluated']} held-out frames in {result['seconds']:.0f} s -> {json_out}"
+    frames = result["frames"]["evaluated"]
+    console.print(f"evaluated {frames} held-out frames in {result['seconds']:.0f} s -> {json_out}"
                   + (f", {strip}" if strip else ""))
 
 

@@ -221,9 +221,11 @@ def test_trained_syncnet_finds_the_audio_shift(trained):
         score = sync_score(trained.syncnet, faces, indices, windows_of, n, max_offset=10)
         assert score.confidence > 0.05, score
         found[shift] = score.offset
-    # the mel windows of neighbouring frames overlap (each spans 5 frames): allow one frame
-    assert abs(found[0]) <= 1, found
-    assert abs((found[3] - found[0]) - 3) <= 1 and abs((found[-6] - found[0]) + 6) <= 1, found
+    # Shifting the audio moves the best offset by the shift. The mel windows of neighbouring frames
+    # overlap (each spans 5 frames), so allow one frame; a briefly trained SyncNet's own alignment may
+    # sit a couple of frames off its training pairing (window k starts AT frame k; its centre is k + 2).
+    assert abs(found[0]) <= 3, found
+    assert abs(found[3] - (found[0] + 3)) <= 1 and abs(found[-6] - (found[0] - 6)) <= 1, found
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +266,7 @@ def test_evaluate_known_answer_with_a_copying_generator(tiny_bundle, clip_datase
     # only a resize round trip of the crop separates the output from the real frame
     assert gen["psnr_full"] > 35 and gen["ssim_full"] > 0.98 and gen["ssim_mouth"] > 0.9
     assert gen["lmd"] < 1.5 and gen["lmd_frames"] == 4
-    assert shuf == gen  # the copy ignores the audio
+    assert {k: v for k, v in shuf.items() if k != "sync_own_audio"} == gen  # the copy ignores the audio
     # the template baseline shows other frames (0..3, a dub's first templates): a different mouth
     assert tmpl["lmd"] > gen["lmd"] + 1.0 and tmpl["psnr_mouth"] < gen["psnr_mouth"]
     assert abs(gen["sync"]["distance"] - m["real"]["sync"]["distance"]) < 0.02

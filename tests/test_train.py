@@ -80,17 +80,18 @@ def test_frames_are_preloaded_crops_with_mel_windows(frames):
 
 def test_sync_pairs_positive_is_own_window_negative_is_far_and_in_split(frames):
     neg = NegativeSampling(min_shift=5, max_shift=15, far_fraction=0.5)
-    pairs = SyncPairs(frames, frames.split.train, neg, seed=0)
+    offset = -2
+    pairs = SyncPairs(frames, frames.split.train, neg, seed=0, audio_offset=offset)
     assert len(pairs) == 2 * 450
     windows = frames.mel_windows
-    for i in range(0, 200, 2):
+    for i in range(20, 220, 2):  # k >= 10: away from the clamped windows at the start
         k = i // 2
         pos, negative = pairs[i], pairs[i + 1]
         assert pos["label"] == 1.0 and negative["label"] == 0.0
         assert torch.equal(pos["face"], negative["face"])
-        assert np.array_equal(pos["mel"][0].numpy(), windows[k])
-        # the negative's audio is the window of another training frame at least min_shift away
-        matches = [j for j in range(450) if np.array_equal(negative["mel"][0].numpy(), windows[j])]
+        assert np.array_equal(pos["mel"][0].numpy(), windows[k + offset])
+        # the negative's audio belongs to another training frame at least min_shift away
+        matches = [j - offset for j in range(450) if np.array_equal(negative["mel"][0].numpy(), windows[j])]
         assert matches and all(abs(j - k) >= neg.min_shift for j in matches)
     # validation pairs only draw audio from the validation split
     val = SyncPairs(frames, frames.split.val, neg, seed=0, fixed=True, negatives_per_frame=3)

@@ -83,6 +83,11 @@ class CharacterFrames:
     def n_frames(self) -> int:
         return len(self.crops)
 
+    def sync_window(self, k: int, offset: int) -> np.ndarray:
+        """(n_mels, mel_window): the mel window SyncNet pairs with face k -- that of frame k + offset
+        (clamped to the video), see TrainConfig.sync_audio_offset."""
+        return self.mel_windows[min(max(k + offset, 0), self.n_frames - 1)]
+
     def model_view(self, k: int) -> np.ndarray:
         """(S, S, 3) uint8: the inner part of frame k's crop that the model sees and paints."""
         return geometry.inner(self.crops[k], self.margin)
@@ -181,12 +186,13 @@ class SyncPairs(Dataset):
     batches); validation may use more to measure the negative side with less noise.
 
     Items: face (3, S, S) in [0, 1] (the model view; the training step cuts the lower face), mel
-    (1, n_mels, mel_window), label ().
+    (1, n_mels, mel_window), label (). Face k's own audio is `frames.sync_window(k, audio_offset)`.
     """
 
     def __init__(self, frames: CharacterFrames, indices: np.ndarray, negatives: NegativeSampling, seed: int,
-                 fixed: bool = False, negatives_per_frame: int = 1):
+                 fixed: bool = False, negatives_per_frame: int = 1, audio_offset: int = 0):
         self.frames = frames
+        self.audio_offset = audio_offset
         self.indices = np.asarray(indices)
         self.negatives = negatives
         self.seed = seed
@@ -210,7 +216,7 @@ class SyncPairs(Dataset):
                                                         self.negatives)
         return {
             "face": torch.from_numpy(to_chw(self.frames.model_view(k))),
-            "mel": torch.from_numpy(self.frames.mel_windows[audio_frame][None].copy()),  # (1, 80, 16)
+            "mel": torch.from_numpy(self.frames.sync_window(audio_frame, self.audio_offset)[None].copy()),
             "label": torch.tensor(1.0 if positive else 0.0),
         }
 
@@ -225,16 +231,17 @@ class GeneratorSamples(Dataset):
         training frame (the identity/texture hint) ++ the target's view with the lower face masked
     target (3, S, S): the target's model view, in [0, 1]
     audio (*context_shape): the +-context stack of per-frame audio features
-    mel (1, n_mels, mel_window): the target frame's own mel window (for the sync loss)
+    mel (1, n_mels, mel_window): the window SyncNet pairs with the target (for the sync loss)
     """
 
     def __init__(self, frames: CharacterFrames, indices: np.ndarray, features: np.ndarray, seed: int,
-                 fixed: bool = False):
+                 fixed: bool = False, audio_offset: int = 0):
         if features.shape[0] != frames.n_frames:
             raise ValueError(f"need one feature row per frame ({frames.n_frames}), got {features.shape}")
         self.frames = frames
         self.indices = np.asarray(indices)
         self.features = features
+        self.audio_offset = audio_offset
         self.references = frames.split.train
         self.seed = seed
         self.epoch = VAL_EPOCH if fixed else 0
@@ -264,6 +271,6 @@ class GeneratorSamples(Dataset):
             "input": torch.from_numpy(generator_input(ref, view, self.frames.geometry)),
             "target": torch.from_numpy(to_chw(view)),
             "audio": torch.from_numpy(context_stack(self.features, k, self.frames.audio)),
-            "mel": torch.from_numpy(self.frames.mel_windows[k][None].copy()),
+            "mel": torch.from_numpy(self.frames.sync_window(k, self.audio_offset)[None].copy()),
             "frame": torch.tensor(k),
         }

@@ -60,6 +60,10 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     negatives: NegativeSampling = field(default_factory=NegativeSampling)
     val_negatives_per_frame: int = 4  # SyncNet validation: negatives per held-out frame
+    # SyncNet pairs face k with the mel window of frame k + sync_audio_offset. The window of frame j
+    # starts AT j and spans ~5 frames; -2 centres it on the face. Eval must use the same pairing
+    # (bundle.json train.config.sync_audio_offset).
+    sync_audio_offset: int = -2
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast for forward passes on CUDA (never on CPU)
     loader_workers: int = 0  # DataLoader worker processes (items are cheap: crops are preloaded)

@@ -216,7 +216,8 @@ class Trainer:
         if self.syncnet_step >= cfg.syncnet_steps:
             return
         face_size = tuple(self.syncnet.config.face_size)
-        pairs = SyncPairs(self.frames, self.frames.split.train, cfg.negatives, cfg.seed)
+        pairs = SyncPairs(self.frames, self.frames.split.train, cfg.negatives, cfg.seed,
+                          audio_offset=cfg.sync_audio_offset)
         loader = self._loader(pairs, cfg.syncnet_batch_size)
         self.syncnet_model.train()
         timer = StepTimer()
@@ -242,7 +243,7 @@ class Trainer:
             return {}
         cfg = self.cfg
         pairs = SyncPairs(self.frames, self._val_frames(), cfg.negatives, cfg.seed, fixed=True,
-                          negatives_per_frame=cfg.val_negatives_per_frame)
+                          negatives_per_frame=cfg.val_negatives_per_frame, audio_offset=cfg.sync_audio_offset)
         sims, labels = [], []
         self.syncnet.eval()
         for batch in DataLoader(pairs, batch_size=cfg.syncnet_batch_size):
@@ -286,7 +287,8 @@ class Trainer:
             return
         if self.generator_step == 0:
             self._log("generator", 0, None, **self.validate_generator(), **self.reference_copy_baseline())
-        samples = GeneratorSamples(self.frames, self.frames.split.train, self.features, cfg.seed)
+        samples = GeneratorSamples(self.frames, self.frames.split.train, self.features, cfg.seed,
+                                   audio_offset=cfg.sync_audio_offset)
         loader = self._loader(samples, cfg.batch_size)
         self.generator_model.train()
         timer = StepTimer()
@@ -309,7 +311,8 @@ class Trainer:
                                  use_sync=step >= self.cfg.sync_loss_after)
 
     def _val_samples(self) -> GeneratorSamples:
-        return GeneratorSamples(self.frames, self._val_frames(), self.features, self.cfg.seed, fixed=True)
+        return GeneratorSamples(self.frames, self._val_frames(), self.features, self.cfg.seed, fixed=True,
+                                audio_offset=self.cfg.sync_audio_offset)
 
     @torch.no_grad()
     def validate_generator(self) -> dict[str, float]:
