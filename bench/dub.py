@@ -6,27 +6,28 @@ A catalog of real speech clips (cut to --seconds each) against one character bui
 the real Obama clip with an untrained generator of --preset (speed does not depend on the
 weights). Measures end-to-end frames/s, the share of wall time spent planning and stitching
 (goal: stitching < 3%), and compares with `lipsync.render.render` called for each item in turn
-in one process. Prints a table and appends it to docs/BENCHMARKS.md.
+in one process. Prints a table and records it in docs/BENCHMARKS.md (its own section).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import csv
+import dataclasses
+import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, machine_line, media_file, record_section  # noqa: E402
 
-MEDIA = REPO.parent / "shared" / "media"
+sys.path.insert(0, str(REPO))  # cluster/ (an installed package too, but not in every venv)
+
+SECTION = "Batch dubbing: Ray pipeline vs one-by-one render (bench/dub.py)"
 CLIPS = ["sadtalker_RD_Radio34_002.wav", "sadtalker_chinese_news.wav", "iplap_audio2.wav"]
 CHARACTER_FRAMES = 75  # 3 s of the Obama clip
 
@@ -38,8 +39,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shard-frames", type=int, default=50)
     p.add_argument("--actors", default="1,2", help="comma-separated actor counts to run")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per model replica, the same for render() and each actor (CPU)")
     p.add_argument("--work", default="/tmp/lipsync-bench-dub", help="scratch directory (kept between runs)")
-    p.add_argument("--no-write", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="do not record the table in docs/BENCHMARKS.md")
+    p.add_argument("--baseline-only", default=None, help=argparse.SUPPRESS)  # catalog: run the baseline, print JSON
+    p.add_argument("--baseline-out", default=None, help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -59,7 +64,7 @@ def build_character(work: Path, preset: str) -> str:
         return str(bundle)
     ds = work / "obama3s_ds"
     if not ds.exists():
-        source = MEDIA / "edtalk_uncrop_Obama.mp4"
+        source = media_file("edtalk_uncrop_Obama.mp4")
         media.write_wav(work / "clip.wav", media.read_audio(source)[: CHARACTER_FRAMES * 16000 // 25])
         with media.VideoWriter(work / "clip.mp4", 450, 450, media.EncodeSettings(crf=12),
                                audio=work / "clip.wav") as w:
@@ -80,7 +85,7 @@ def build_catalog(work: Path, character: str, seconds: float) -> tuple[Path, lis
 
     rows = []
     for name in CLIPS:
-        wav = media.read_audio(MEDIA / name)[: int(seconds * 16000)]
+        wav = media.read_audio(media_file(name))[: int(seconds * 16000)]
         path = work / "audio" / f"{Path(name).stem}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
         media.write_wav(path, wav)
@@ -93,7 +98,18 @@ def build_catalog(work: Path, character: str, seconds: float) -> tuple[Path, lis
     return catalog, rows
 
 
-def run_sequential(rows: list[dict], out: Path, device: str) -> dict:
+def run_sequential_isolated(catalog: Path, out: Path, device: str, threads: int) -> dict:
+    """run_sequential in a fresh interpreter (like an actor), not in this process that prepared the
+    character (mediapipe, TF Lite thread pools) and ran Ray drivers."""
+    cmd = [sys.executable, __file__, "--baseline-only", str(catalog), "--baseline-out", str(out),
+           "--device", device, "--threads", str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"baseline failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_sequential(rows: list[dict], out: Path, device: str, threads: int) -> dict:
     """Each item with lipsync.render.render, one after another, in this process."""
     from lipsync.bundle import load_character
     from lipsync.device import resolve_device
@@ -102,7 +118,7 @@ def run_sequential(rows: list[dict], out: Path, device: str) -> dict:
     from lipsync.render.pipeline import prepare_for_inference
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = dataclasses.replace(load_config().render, device=device)
+    cfg = dataclasses.replace(load_config().render, device=device, torch_threads=threads)
     started = time.perf_counter()
     character = load_character(rows[0]["character"], device=resolve_device(device))
     prepare_for_inference(character, cfg)
@@ -115,7 +131,7 @@ def run_sequential(rows: list[dict], out: Path, device: str) -> dict:
             "fps": frames / wall, "plan_pct": None, "stitch_pct": None, "tail_pct": None}
 
 
-def run_pipeline(catalog: Path, out: Path, actors: int, shard_frames: int, device: str) -> dict:
+def run_pipeline(catalog: Path, out: Path, actors: int, shard_frames: int, device: str, threads: int) -> dict:
     import ray
 
     from cluster.dub import run_dub
@@ -125,7 +141,7 @@ def run_pipeline(catalog: Path, out: Path, actors: int, shard_frames: int, devic
     cores = os.cpu_count() or 1
     options = {"actors": actors, "shard_frames": shard_frames, "device": device}
     if device == "cpu":
-        options["actor_cpus"] = max(1.0, cores // actors)  # the same cores, split among the actors
+        options["actor_cpus"] = threads
     cfg = load_config(options=options)
     t0 = time.perf_counter()
     ray.init(num_cpus=cores, logging_level="WARNING")
@@ -143,22 +159,6 @@ def run_pipeline(catalog: Path, out: Path, actors: int, shard_frames: int, devic
             "ray_init_s": ray_init}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = ""
-    if shutil.which("nvidia-smi"):
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
-        gpu = f", GPU {q.stdout.strip().splitlines()[0]}" if q.returncode == 0 and q.stdout.strip() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}"
-
-
 def table(results: list[dict], baseline_fps: float) -> str:
     def pct(v):
         return "-" if v is None else f"{v:.1f}%"
@@ -172,30 +172,32 @@ def table(results: list[dict], baseline_fps: float) -> str:
     return "\n".join(lines)
 
 
-def markdown_section(args: argparse.Namespace, results: list[dict], n_items: int, load_at_start: float) -> str:
+def markdown_body(args: argparse.Namespace, results: list[dict], n_items: int, load_at_start: float) -> str:
     from lipsync.dub import load_config
 
     inits = ", ".join(f"{r['actors']} actors: {r['ray_init_s']:.1f} s" for r in results if "ray_init_s" in r)
     command = ("python bench/dub.py " + " ".join(sys.argv[1:])).strip()
     return (
-        f"\n## Batch dubbing: Ray pipeline vs one-by-one render ({datetime.now(timezone.utc):%Y-%m-%d})\n\n"
-        f"- machine: {machine()} (1-min load average at start: {load_at_start:.1f})\n"
-        f"- command: `{command}`\n"
-        f"- catalog: {n_items} real speech clips x {args.seconds:g} s, character `{args.preset}` (untrained weights, "
-        f"{CHARACTER_FRAMES} templates at 450x450), shard {args.shard_frames} frames, device {args.device}, "
-        f"crf {load_config().render.crf}; CPU actors get cores/actors CPUs each (torch threads follow)\n"
-        f"- pipeline wall time starts after `ray.init` (local Ray start: {inits}); plan and stitch are shares of "
+        f"{machine_line()}; 1-min load average at start {load_at_start:.1f} (the machine is shared)\n\n"
+        f"Command: `{command}`. Catalog: {n_items} real speech clips x {args.seconds:g} s, character "
+        f"`{args.preset}` (untrained weights, {CHARACTER_FRAMES} templates at 450x450), shard {args.shard_frames} "
+        f"frames, device {args.device}, crf {load_config().render.crf}; {args.threads} torch thread(s) per model "
+        f"replica in every mode (render() and each actor).\n\n"
+        f"Pipeline wall time starts after `ray.init` (local Ray start: {inits}). Plan and stitch are shares of "
         f"that wall time: stitch = summed stitch task time (it overlaps rendering), after last shard = wall "
-        f"time from the last rendered shard to the end; the one-by-one row is the faster of two runs (before "
-        f"and after the pipeline runs)\n\n{table(results, results[0]['fps'])}\n"
+        f"time from the last rendered shard to the end. The one-by-one row is the faster of two runs (before "
+        f"and after the pipeline runs), each in a fresh interpreter.\n\n{table(results, results[0]['fps'])}\n"
     )
 
 
 def main() -> None:
     args = parse_args()
+    if args.baseline_only:
+        with open(args.baseline_only) as f:
+            rows = list(csv.DictReader(f))
+        print(json.dumps(run_sequential(rows, Path(args.baseline_out), args.device, args.threads)))
+        return
     load_at_start = os.getloadavg()[0]
-    if not MEDIA.is_dir():
-        sys.exit(f"{MEDIA} not found: the benchmark needs the shared real media")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     character = build_character(work, args.preset)
@@ -203,17 +205,16 @@ def main() -> None:
 
     # The baseline runs before and after the pipeline runs and the faster one counts: on a shared
     # machine the load changes while the benchmark runs, and this keeps it from favouring Ray.
-    baseline = run_sequential(rows, work / "out_sequential", args.device)
-    results = [run_pipeline(catalog, work / f"out_actors{actors}", actors, args.shard_frames, args.device)
-               for actors in (int(a) for a in args.actors.split(","))]
-    again = run_sequential(rows, work / "out_sequential", args.device)
+    baseline = run_sequential_isolated(catalog, work / "out_sequential", args.device, args.threads)
+    results = [run_pipeline(catalog, work / f"out_actors{actors}", actors, args.shard_frames, args.device,
+                            args.threads) for actors in (int(a) for a in args.actors.split(","))]
+    again = run_sequential_isolated(catalog, work / "out_sequential", args.device, args.threads)
     print(f"one-by-one baseline: {baseline['wall_s']:.1f} s before, {again['wall_s']:.1f} s after the pipeline runs")
     results.insert(0, min(baseline, again, key=lambda r: r["wall_s"]))
-    section = markdown_section(args, results, len(rows), load_at_start)
-    print(section)
+    body = markdown_body(args, results, len(rows), load_at_start)
+    print(body)
     if not args.no_write:
-        with open(REPO / "docs" / "BENCHMARKS.md", "a") as f:
-            f.write(section)
+        record_section(SECTION, body)
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ class RenderShards:
 
         self.cfg = cfg
         self.device = resolve_device(device)
-        if cfg.render.torch_threads:
-            torch.set_num_threads(cfg.render.torch_threads)
+        # Ray exports OMP_NUM_THREADS = num_cpus, but torch in a Ray worker starts with 1 thread
+        # (measured with Ray 2.60): set it, so an actor uses the CPUs it reserved.
+        torch.set_num_threads(cfg.render.torch_threads or max(1, int(cfg.actor_cpus)))
 
         def load(uri: str):
             character = load_character(uri, device=self.device)

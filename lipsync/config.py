@@ -114,7 +114,7 @@ class DubConfig:
     actors: int = 1  # render actors (the minimum when max_actors > actors)
     max_actors: int = 0  # > actors: an autoscaling pool of actors..max_actors; else a fixed pool
     device: str = "auto"  # cpu | cuda | auto (cuda when the cluster has GPUs now)
-    actor_cpus: float = 1.0  # CPUs reserved per render actor (Ray sets its OMP/torch threads from this)
+    actor_cpus: float = 1.0  # CPUs reserved per render actor; its torch threads unless render.torch_threads
     actor_gpus: float = 1.0  # GPUs per render actor when device is cuda
     plan_cpus: float = 1.0  # per planning task (audio decode + audio encoder)
     stitch_cpus: float = 0.0  # per stitch task (ffmpeg -c copy + AAC): light, must not wait for actors

@@ -92,6 +92,13 @@ class CharacterFrames:
         """(S, S, 3) uint8: the inner part of frame k's crop that the model sees and paints."""
         return geometry.inner(self.crops[k], self.margin)
 
+    def shifted_view(self, k: int, dx: int, dy: int) -> np.ndarray:
+        """(S, S, 3) uint8: the model view moved by (dx, dy) pixels, |dx|, |dy| <= margin."""
+        m, s = self.margin, self.size
+        if max(abs(dx), abs(dy)) > m:
+            raise ValueError(f"shift ({dx}, {dy}) exceeds the crop margin {m}")
+        return self.crops[k][m + dy : m + dy + s, m + dx : m + dx + s]
+
 
 def dataset_configs(meta: dict) -> tuple[AudioConfig, GeometryConfig]:
     """The audio and geometry configs the dataset was prepared with (recorded in meta.json)."""
@@ -187,11 +194,14 @@ class SyncPairs(Dataset):
 
     Items: face (3, S, S) in [0, 1] (the model view; the training step cuts the lower face), mel
     (1, n_mels, mel_window), label (). Face k's own audio is `frames.sync_window(k, audio_offset)`.
+    With `augment`, faces are shifted by up to the crop margin and mirrored half of the time (a
+    mirrored mouth makes the same sound): 450 frames are few, and SyncNet memorises them otherwise.
     """
 
     def __init__(self, frames: CharacterFrames, indices: np.ndarray, negatives: NegativeSampling, seed: int,
-                 fixed: bool = False, negatives_per_frame: int = 1, audio_offset: int = 0):
+                 fixed: bool = False, negatives_per_frame: int = 1, audio_offset: int = 0, augment: bool = False):
         self.frames = frames
+        self.augment = augment
         self.audio_offset = audio_offset
         self.indices = np.asarray(indices)
         self.negatives = negatives
@@ -212,13 +222,22 @@ class SyncPairs(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         k = int(self.indices[i // self.per_frame])
         positive = i % self.per_frame == 0
-        audio_frame = k if positive else negative_frame(k, self.indices, item_rng(self.seed, self.epoch, i),
-                                                        self.negatives)
+        rng = item_rng(self.seed, self.epoch, i)
+        audio_frame = k if positive else negative_frame(k, self.indices, rng, self.negatives)
         return {
-            "face": torch.from_numpy(to_chw(self.frames.model_view(k))),
+            "face": torch.from_numpy(to_chw(self.face(k, rng))),
             "mel": torch.from_numpy(self.frames.sync_window(audio_frame, self.audio_offset)[None].copy()),
             "label": torch.tensor(1.0 if positive else 0.0),
         }
+
+
+    def face(self, k: int, rng: np.random.Generator) -> np.ndarray:
+        if not self.augment:
+            return self.frames.model_view(k)
+        m = self.frames.margin
+        dx, dy = (int(v) for v in rng.integers(-m, m + 1, size=2))
+        view = self.frames.shifted_view(k, dx, dy)
+        return view[:, ::-1] if rng.random() < 0.5 else view
 
 
 # --- stage 2: generator samples --------------------------------------------------------------------

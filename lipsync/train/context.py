@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from lipsync.errors import InputError
 from lipsync.train import checkpoint as ckpt
-from lipsync.train.metrics import MetricsLog
+from lipsync.train.metrics import CURVE_FILE, METRICS_FILE, MetricsLog
 from lipsync.train.runtime import resolve_device
 
 
@@ -55,16 +55,17 @@ class RunContext:
     def save_checkpoint(self, written: Path | None, global_step: int, metrics: dict[str, Any]) -> None:
         """Publish a checkpoint directory that rank 0 wrote (`written` is None on other ranks)."""
 
-    def write_metrics(self, log: MetricsLog) -> None:
-        """Rank 0: make the metrics so far visible (metrics.jsonl + loss curve)."""
+    def write_metrics(self, log: MetricsLog, plot: bool) -> None:
+        """Rank 0: make the metrics so far visible (metrics.jsonl; the loss curve when `plot`)."""
 
     def on_step(self, global_step: int) -> None:
         """Called after every optimizer step (a hook for tests that inject failures)."""
 
 
 class LocalContext(RunContext):
-    """One process with a run directory: <run_dir>/checkpoints/ckpt-<step>/, metrics.jsonl,
-    loss_curve.png. `resume=True` continues from the newest checkpoint there."""
+    """One process with a run directory: <run_dir>/checkpoints/ckpt-<step>/, metrics.jsonl
+    (rewritten at every log line), loss_curve.png (at every checkpoint). `resume=True` continues
+    from the newest checkpoint there."""
 
     def __init__(self, run_dir: str | Path, resume: bool = False, keep: int = 2):
         self.run_dir = Path(run_dir)
@@ -86,7 +87,10 @@ class LocalContext(RunContext):
 
     def save_checkpoint(self, written: Path | None, global_step: int, metrics: dict[str, Any]) -> None:
         if written is not None:
-            ckpt.publish_checkpoint(written, self.run_dir, global_step, self.keep)
+            final = ckpt.publish_checkpoint(written, self.run_dir, global_step, self.keep)
+            for name in (METRICS_FILE, CURVE_FILE):  # the run dir's copies: the newest metrics and curve
+                shutil.copyfile(final / name, self.run_dir / f".{name}.tmp")
+                (self.run_dir / f".{name}.tmp").replace(self.run_dir / name)
 
-    def write_metrics(self, log: MetricsLog) -> None:
-        log.write(self.run_dir)
+    def write_metrics(self, log: MetricsLog, plot: bool) -> None:
+        log.write(self.run_dir, plot=plot)

@@ -45,12 +45,13 @@ class MetricsLog:
     def from_jsonl(cls, text: str) -> "MetricsLog":
         return cls([json.loads(line) for line in text.splitlines() if line.strip()])
 
-    def write(self, directory: Path) -> None:
-        """metrics.jsonl and loss_curve.png into `directory` (each replaced whole)."""
+    def write(self, directory: Path, plot: bool = True) -> None:
+        """metrics.jsonl (and loss_curve.png) into `directory`, each replaced whole."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         _replace_text(directory / METRICS_FILE, self.to_jsonl())
-        self.plot(directory / CURVE_FILE)
+        if plot:
+            self.plot(directory / CURVE_FILE)
 
     def plot(self, path: Path) -> None:
         import matplotlib

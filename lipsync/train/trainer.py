@@ -217,7 +217,7 @@ class Trainer:
             return
         face_size = tuple(self.syncnet.config.face_size)
         pairs = SyncPairs(self.frames, self.frames.split.train, cfg.negatives, cfg.seed,
-                          audio_offset=cfg.sync_audio_offset)
+                          audio_offset=cfg.sync_audio_offset, augment=cfg.sync_augment)
         loader = self._loader(pairs, cfg.syncnet_batch_size)
         self.syncnet_model.train()
         timer = StepTimer()
@@ -369,7 +369,7 @@ class Trainer:
         if timer is not None and timer.rate() is not None:
             record["steps_per_s"] = timer.rate()
         self.metrics.add({**record, **{k: _number(v) for k, v in values.items()}})
-        self.ctx.write_metrics(self.metrics)
+        self.ctx.write_metrics(self.metrics, plot=False)  # the curve is drawn at checkpoints
 
     # ------------------------------------------------------------------------------------------
     # save
