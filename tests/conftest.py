@@ -7,6 +7,7 @@ the terminal summary.
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,16 @@ def ray_head() -> Iterator[servers.RayHead]:
     finally:
         head.stop()
         servers.remove_ray_temp_dir(head)
+
+
+def pytest_configure(config) -> None:
+    """SIGTERM (e.g. from `timeout` or a CI runner) becomes KeyboardInterrupt, so pytest still runs
+    the session teardown that stops the Ray head and the S3 server by process group."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
