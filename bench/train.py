@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ray-steps", type=int, default=30, help="generator steps per Ray Train throughput run")
     p.add_argument("--workers", default="1,2", help="Ray Train worker counts to time")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray used for the throughput runs")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the quality run")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-ray", action="store_true")
     p.add_argument("--no-write", action="store_true", help="do not record in docs/BENCHMARKS.md")
@@ -122,7 +123,7 @@ def main() -> int:
     lines = [machine_line(), "", f"Command: `{command.strip()}`; dataset: the 20 s Obama clip (500 frames, "
              f"450 train / 50 held out), preset {args.preset}, batch {args.batch_size}.", ""]
     if not args.skip_quality:
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
         q = quality(dataset, args)
         lines += [
             f"Quality, one process, {torch.get_num_threads()} threads, {args.minutes:g} min generator budget "

@@ -169,7 +169,10 @@ class NegativeSampling:
 
     min_shift: int = 5  # never closer than this: a mel window spans 5 frames, so no overlap
     max_shift: int = 15  # "shifted" negatives are at min_shift..max_shift frames
-    far_fraction: float = 0.5  # this share of negatives takes audio from anywhere >= min_shift away
+    # This share of negatives takes audio from anywhere >= min_shift away (Wav2Lip's "any other
+    # frame"); the rest is shifted by min_shift..max_shift. Measured on the Obama clip: training
+    # with far negatives only generalises best (held-out balanced accuracy 0.71-0.72 vs 0.63 at 0.5).
+    far_fraction: float = 1.0
 
 
 def negative_frame(k: int, frames: np.ndarray, rng: np.random.Generator, neg: NegativeSampling) -> int:

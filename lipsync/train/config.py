@@ -64,7 +64,7 @@ class TrainConfig:
     # starts AT j and spans ~5 frames; -2 centres it on the face. Eval must use the same pairing
     # (bundle.json train.config.sync_audio_offset).
     sync_audio_offset: int = -2
-    sync_augment: bool = True  # SyncNet training faces: random shifts within the crop margin + mirroring
+    sync_augment: bool = False  # SyncNet training faces: random shifts within the crop margin + mirroring
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast for forward passes on CUDA (never on CPU)
     loader_workers: int = 0  # DataLoader worker processes (items are cheap: crops are preloaded)
