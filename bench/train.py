@@ -14,6 +14,7 @@ Prints a table and records it in docs/BENCHMARKS.md (section "Training").
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -120,7 +121,8 @@ def main() -> int:
 
     dataset = bench_dataset()
     command = "python bench/train.py " + " ".join(sys.argv[1:])
-    lines = [machine_line(), "", f"Command: `{command.strip()}`; dataset: the 20 s Obama clip (500 frames, "
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    lines = [machine_line() + f"; load average at start {load}", "", f"Command: `{command.strip()}`; dataset: the 20 s Obama clip (500 frames, "
              f"450 train / 50 held out), preset {args.preset}, batch {args.batch_size}.", ""]
     if not args.skip_quality:
         torch.set_num_threads(args.threads)
