@@ -135,8 +135,8 @@ def _coerce(tp: Any, value: Any) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v) for v in value)
         return tuple(_coerce(a, v) for a, v in zip(args, value))
-    if tp is float and isinstance(value, int):
-        return float(value)
+    if tp is float and isinstance(value, (int, str)):
+        return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
     return value
 
 
