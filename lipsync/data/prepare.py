@@ -7,7 +7,6 @@ most frames have no face, (5) write landmarks, boxes, meta, (6) publish atomical
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,14 +39,6 @@ class PrepareResult:
     @property
     def faces_found(self) -> int:
         return self.n_frames - len(self.frames_without_face)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_video(path: Path, cfg: PrepareConfig) -> media.MediaInfo:
@@ -115,7 +106,7 @@ def build_meta(name: str, video: Path, info: media.MediaInfo, n_frames: int, wav
         "frame_size": [info.width, info.height],
         "landmark_scheme": layout.LANDMARK_SCHEME,
         "frames_without_face": missing,
-        "source": {"file": video.name, "sha256": file_sha256(video), "video_codec": info.video_codec,
+        "source": {"file": video.name, "sha256": storage.file_sha256(video), "video_codec": info.video_codec,
                    "fps": info.fps, "duration": info.duration},
         "audio": {"sample_rate": cfg.audio.sample_rate, "n_samples": int(wav.size),
                   "duration": wav.size / cfg.audio.sample_rate},

@@ -107,14 +107,6 @@ def segment_uri(prefix: str, index: int) -> str:
     return storage.join(prefix, f"seg_{index:05d}.mp4")
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # loaded characters and features
 
@@ -182,7 +174,7 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
     if not storage.exists(item.audio):
         raise InputError(item.audio, "audio file not found")
     with storage.local_copy(item.audio) as audio_path:
-        audio_sha = file_sha256(audio_path)
+        audio_sha = storage.file_sha256(audio_path)
         # 2. character
         character = characters.get(item.character)
         key = input_key(item, audio_sha, character.version, cfg.render)

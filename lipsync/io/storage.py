@@ -440,3 +440,12 @@ def _atomic_remote_dir(uri: Uri, overwrite: bool) -> Iterator[Path]:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a local file, read in chunks (input keys for re-runs, source hashes in meta)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
