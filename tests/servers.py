@@ -2,8 +2,8 @@
 
 Each server is launched with `start_new_session=True`, so it and every process it forks share one
 process group whose id is the launcher's PID. Stopping means SIGTERM to that group, a bounded wait,
-then SIGKILL to the group: nothing is ever stopped by name (no `pkill`, no `ray stop`, which would
-hit servers other test runs on the same machine started).
+then SIGKILL to the group. Processes are never stopped by name (that would also hit servers
+that other test runs on the same machine started).
 
 Ports: every port a server opens is chosen here, so parallel test runs on one machine do not
 collide. They are drawn at random from PORT_RANGE, which lies below the kernel's ephemeral range
