@@ -113,12 +113,12 @@ def run_sequential(rows: list[dict], out: Path, device: str, threads: int) -> di
     """Each item with lipsync.render.render, one after another, in this process."""
     from lipsync.bundle import load_character
     from lipsync.device import resolve_device
-    from lipsync.dub import load_config
+    from lipsync.config import DubConfig, load_config
     from lipsync.render import render
     from lipsync.render.pipeline import prepare_for_inference
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = dataclasses.replace(load_config().render, device=device, torch_threads=threads)
+    cfg = dataclasses.replace(load_config(DubConfig).render, device=device, torch_threads=threads)
     started = time.perf_counter()
     character = load_character(rows[0]["character"], device=resolve_device(device))
     prepare_for_inference(character, cfg)
@@ -135,14 +135,14 @@ def run_pipeline(catalog: Path, out: Path, actors: int, shard_frames: int, devic
     import ray
 
     from cluster.dub import run_dub
-    from lipsync.dub import load_config
+    from lipsync.config import DubConfig, load_config
 
     shutil.rmtree(out, ignore_errors=True)
     cores = os.cpu_count() or 1
     options = {"actors": actors, "shard_frames": shard_frames, "device": device}
     if device == "cpu":
         options["actor_cpus"] = threads
-    cfg = load_config(options=options)
+    cfg = load_config(DubConfig, flags=options)
     t0 = time.perf_counter()
     ray.init(num_cpus=cores, logging_level="WARNING")
     ray_init = time.perf_counter() - t0
@@ -173,7 +173,7 @@ def table(results: list[dict], baseline_fps: float) -> str:
 
 
 def markdown_body(args: argparse.Namespace, results: list[dict], n_items: int, load_at_start: float) -> str:
-    from lipsync.dub import load_config
+    from lipsync.config import DubConfig, load_config
 
     inits = ", ".join(f"{r['actors']} actors: {r['ray_init_s']:.1f} s" for r in results if "ray_init_s" in r)
     command = ("python bench/dub.py " + " ".join(sys.argv[1:])).strip()
@@ -181,7 +181,7 @@ def markdown_body(args: argparse.Namespace, results: list[dict], n_items: int, l
         f"{machine_line()}; 1-min load average at start {load_at_start:.1f} (the machine is shared)\n\n"
         f"Command: `{command}`. Catalog: {n_items} real speech clips x {args.seconds:g} s, character "
         f"`{args.preset}` (untrained weights, {CHARACTER_FRAMES} templates at 450x450), shard {args.shard_frames} "
-        f"frames, device {args.device}, crf {load_config().render.crf}; {args.threads} torch thread(s) per model "
+        f"frames, device {args.device}, crf {load_config(DubConfig).render.crf}; {args.threads} torch thread(s) per model "
         f"replica in every mode (render() and each actor).\n\n"
         f"Pipeline wall time starts after `ray.init` (local Ray start: {inits}). Plan and stitch are shares of "
         f"that wall time: stitch = summed stitch task time (it overlaps rendering), after last shard = wall "

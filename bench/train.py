@@ -45,9 +45,10 @@ def parse_args() -> argparse.Namespace:
 
 def quality(dataset: Path, args: argparse.Namespace) -> dict:
     """Held-out L1 before and after a time budget of generator training (one process)."""
-    from lipsync.train import Trainer, load_train_config
+    from lipsync.config import TrainConfig, load_config
+    from lipsync.train import Trainer
 
-    cfg = load_train_config(None, [f"preset={args.preset}", f"syncnet_steps={args.syncnet_steps}",
+    cfg = load_config(TrainConfig, None, [f"preset={args.preset}", f"syncnet_steps={args.syncnet_steps}",
                                    "generator_steps=1000000", f"batch_size={args.batch_size}", "val_every=100",
                                    "log_every=10", "checkpoint_every=1000000", "device=cpu"])
     deadline: list[float] = []
@@ -87,14 +88,14 @@ def ray_throughput(dataset: Path, args: argparse.Namespace) -> list[dict]:
     import ray
 
     from cluster.train import train_on_ray
-    from lipsync.train import load_train_config
+    from lipsync.config import TrainConfig, load_config
     from lipsync.train.checkpoint import read_checkpoint
 
     rows = []
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:
         for n in [int(x) for x in args.workers.split(",")]:
-            cfg = load_train_config(None, [f"preset={args.preset}", "syncnet_steps=0",
+            cfg = load_config(TrainConfig, None, [f"preset={args.preset}", "syncnet_steps=0",
                                            f"generator_steps={args.ray_steps}", f"batch_size={args.batch_size}",
                                            "log_every=5", "val_every=100000", f"checkpoint_every={args.ray_steps}",
                                            "device=cpu"])

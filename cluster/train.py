@@ -37,7 +37,8 @@ from lipsync.io import storage
 from lipsync.models import model_preset
 from lipsync.train import checkpoint as ckpt
 from lipsync.train import export_bundle, local_dataset
-from lipsync.train.config import TrainConfig
+from lipsync.config import PrepareConfig, TrainConfig
+from lipsync.data.prepare import prepare
 from lipsync.train.context import RunContext
 from lipsync.train.trainer import Trainer, run_summary
 
@@ -192,15 +193,13 @@ def checkpoint_uri(storage_path: str, result: Any) -> str:
     return f"{storage.protocol(storage_path)}://{path}" if storage.is_remote(storage_path) else path
 
 
-def prepare_on_ray(video_uri: str, name: str, dataset_uri: str, overwrite: bool = False) -> str:
+def prepare_on_ray(video_uri: str, name: str, dataset_uri: str, cfg: PrepareConfig, overwrite: bool = False) -> str:
     """Run `lipsync.data.prepare.prepare` as one Ray task (on any node; the dataset goes to
     `dataset_uri`, typically s3://). Landmarks are detected sequentially inside that task."""
-    from lipsync.config import PrepareConfig
-    from lipsync.data.prepare import prepare
 
     @ray.remote(num_cpus=1)
     def prepare_task() -> int:
-        return prepare(video_uri, name, dataset_uri, PrepareConfig(), overwrite=overwrite).n_frames
+        return prepare(video_uri, name, dataset_uri, cfg, overwrite=overwrite).n_frames
 
     ray.get(prepare_task.remote())
     return dataset_uri

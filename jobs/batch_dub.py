@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working d
 
 from rich.console import Console  # noqa: E402
 
-from lipsync.dub import load_config, option_overrides  # noqa: E402
+from lipsync.config import DubConfig, load_config  # noqa: E402
+from lipsync.dub import dub_flags  # noqa: E402
+from lipsync.dub.report import summary  # noqa: E402
 from lipsync.errors import InputError  # noqa: E402
 
 EXIT_INPUT_ERROR = 2
@@ -57,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(highlight=False)
     try:
-        options = option_overrides(shard_frames=args.shard_frames, actors=args.actors, crf=args.crf,
-                                   device=args.device)
-        cfg = load_config(args.config, args.overrides, options)
-    except (InputError, ValueError) as e:  # bad option or config value
+        cfg = load_config(DubConfig, args.config, args.overrides,
+                          dub_flags(shard_frames=args.shard_frames, actors=args.actors, crf=args.crf,
+                                    device=args.device))
+    except InputError as e:  # bad option or config value
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    from cluster.dub import run_dub
+    from cluster.dub import run_dub  # lazy: option errors above are reported without a Ray import
 
     try:
         run = run_dub(args.catalog, args.output_root, cfg, address=args.address,
@@ -71,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:  # the catalog (nothing ran)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    from lipsync.dub.report import summary
-
     console.print(summary(run.report, run.report_uri))
     return run.exit_code
 

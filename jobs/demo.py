@@ -17,9 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipsync import config as C  # noqa: E402
+from cluster.dub import run_dub  # noqa: E402
+from lipsync.config import DubConfig, PrepareConfig, TrainConfig, load_config  # noqa: E402
+from lipsync.data.prepare import prepare  # noqa: E402
 from lipsync.errors import InputError  # noqa: E402
-from lipsync.train.config import TrainConfig  # noqa: E402
+from lipsync.train.api import train_character  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 DEFAULT_AUDIO = ("sadtalker_RD_Radio34_002.wav", "sadtalker_chinese_news.wav")
@@ -45,10 +47,6 @@ def write_catalog(path: Path, bundle: Path, audio_files: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster.dub import run_dub
-    from lipsync.data.prepare import prepare
-    from lipsync.train.api import train_character
-
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,16 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not dataset.exists():
             print(f"[1/3] prepare {args.video} -> {dataset}", flush=True)
-            prepare(args.video, Path(args.video).stem, str(dataset))
+            prepare(args.video, Path(args.video).stem, str(dataset), load_config(PrepareConfig))
         if not bundle.exists():
             print(f"[2/3] train tiny ({args.syncnet_steps} SyncNet + {args.generator_steps} generator steps)",
                   flush=True)
-            cfg = C.load(TrainConfig, "train", {"preset": "tiny", "syncnet_steps": args.syncnet_steps,
-                                                "generator_steps": args.generator_steps})
+            cfg = load_config(TrainConfig, flags={"preset": "tiny", "syncnet_steps": args.syncnet_steps,
+                                                  "generator_steps": args.generator_steps})
             train_character(str(dataset), str(bundle), cfg, overwrite=True)
         write_catalog(catalog, bundle, audio)
         print(f"[3/3] dub {len(audio)} audio file(s) on an embedded local Ray", flush=True)
-        run = run_dub(str(catalog), str(out / "dubs"))
+        run = run_dub(str(catalog), str(out / "dubs"), load_config(DubConfig))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

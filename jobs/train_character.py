@@ -19,7 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir: cluster/, lipsync/
 
+from lipsync.config import PrepareConfig, TrainConfig, load_config  # noqa: E402
 from lipsync.errors import InputError  # noqa: E402
+from lipsync.io import storage  # noqa: E402
 
 EXIT_INPUT_ERROR = 2
 
@@ -51,23 +53,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lipsync import config as config_io
-    from lipsync.io import storage
-    from lipsync.train.config import TrainConfig
-
     try:
-        overrides = config_io.parse_overrides(args.overrides)
-        flags = {"preset": args.preset, "generator_steps": args.steps, "syncnet_steps": args.syncnet_steps,
-                 "device": "cuda" if args.gpu else "cpu"}
-        overrides.update({k: v for k, v in flags.items() if v is not None})
-        cfg = config_io.load(TrainConfig, args.config or "train", overrides)
+        cfg = load_config(TrainConfig, args.config, args.overrides, {
+            "preset": args.preset, "generator_steps": args.steps, "syncnet_steps": args.syncnet_steps,
+            "device": "cuda" if args.gpu else "cpu"})
+        prepare_cfg = load_config(PrepareConfig)
         if args.video and not args.name:
             raise InputError(None, "--video needs --name")
-    except (InputError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
 
-    import ray
+    import ray  # lazy: option errors above are reported without the seconds a Ray import takes
 
     from cluster.train import prepare_on_ray, train_on_ray, worker_env
 
@@ -78,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.video:
             dataset = args.dataset_out or storage.join(args.storage_path, run_name, "dataset")
             print(f"[train] preparing {args.video} -> {dataset}", flush=True)
-            prepare_on_ray(args.video, args.name, dataset, overwrite=args.overwrite)
+            prepare_on_ray(args.video, args.name, dataset, prepare_cfg, overwrite=args.overwrite)
         result = train_on_ray(dataset, args.out, cfg, storage_path=args.storage_path, name=run_name,
                               num_workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
                               max_failures=args.max_failures, overwrite=args.overwrite,

@@ -2,7 +2,7 @@
 
 A directory URI (local or s3://), published atomically (storage.atomic_dir):
     bundle.json              {"bundle_format": 1, "name", "preset", "version", "generator", "syncnet",
-                              "audio", "geometry", "n_templates", "frame_size", "dataset_meta", "train"}
+                              "audio", "geometry", "crop_margin", "n_templates", "frame_size", "dataset_meta", "train"}
     generator.safetensors    audio_encoder.safetensors    syncnet.safetensors (absent if no SyncNet)
     templates/full_body_img/{i}.jpg   templates/boxes.npy (n, 4) int32   templates/landmarks.npy (n, 468, 2)
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,20 @@ import torch
 from torch import nn
 
 from lipsync import config as config_io
-from lipsync.config import AudioConfig, GeometryConfig
+from lipsync.config import LEGACY_GEOMETRY_KEYS, AudioConfig, ConfigError, GeometryConfig
 from lipsync.data import layout
 from lipsync.errors import InputError, OutputExistsError
 from lipsync.io import storage
-from lipsync.models import AudioEncoder, Generator, GeneratorConfig, SyncNet, SyncNetConfig, load_state, save_state
+from lipsync.models import (
+    AudioEncoder,
+    Generator,
+    GeneratorConfig,
+    SyncNet,
+    SyncNetConfig,
+    load_state,
+    model_preset,
+    save_state,
+)
 
 BUNDLE_FORMAT = 1
 BUNDLE_FILE = "bundle.json"
@@ -56,12 +65,10 @@ class Character:
     template_dir: Path  # local dir holding full_body_img/{i}.jpg
     boxes: np.ndarray  # (n, 4) int32
     landmarks: np.ndarray  # (n, 468, 2) float32
+    margin: int  # crop margin m: the model sees crop[m:m+S, m:m+S] of the (S+2m)^2 crop (from the preset)
     frame_size: tuple[int, int] = (0, 0)  # (width, height) of the template frames
     frames_without_face: frozenset[int] = frozenset()  # templates render writes unchanged
-
-    @property
-    def margin(self) -> int:
-        return self.geometry.crop_margin
+    train: dict[str, Any] = field(default_factory=dict)  # bundle.json "train": the run's summary and config
 
     def template_path(self, i: int) -> Path:
         return layout.frame_path(self.template_dir, i)
@@ -78,7 +85,7 @@ class Character:
     @property
     def crop_size(self) -> int:
         """S + 2 * margin: the crop cut from a frame, of which the model sees the inner S x S."""
-        return self.generator_config.size + 2 * self.geometry.crop_margin
+        return self.generator_config.size + 2 * self.margin
 
 
 def weights_version(directory: Path) -> str:
@@ -111,8 +118,10 @@ def _copy_templates(dataset_dir: Path, dest: Path, n_frames: int) -> None:
 
 def save_bundle(out_uri: str, *, name: str, preset: str, generator: Generator, audio_encoder: AudioEncoder,
                 syncnet: SyncNet | None, audio: AudioConfig, geometry: GeometryConfig, dataset_dir: str | Path,
-                train_info: dict[str, Any], overwrite: bool = False) -> str:
+                train_info: dict[str, Any], crop_margin: int | None = None, overwrite: bool = False) -> str:
     """Write a character bundle to `out_uri` (published whole, or not at all); returns its version.
+
+    `crop_margin` is the one the model was trained with (default: the preset's).
 
     OutputExistsError when `out_uri` exists and not `overwrite`; InputError when `dataset_dir`
     is not a complete dataset.
@@ -144,6 +153,7 @@ def save_bundle(out_uri: str, *, name: str, preset: str, generator: Generator, a
             "syncnet": config_io.to_dict(unwrap(syncnet).config) if syncnet is not None else None,
             "audio": config_io.to_dict(audio),
             "geometry": config_io.to_dict(geometry),
+            "crop_margin": model_preset(preset).crop_margin if crop_margin is None else int(crop_margin),
             "n_templates": n,
             "frame_size": list(meta.get("frame_size") or []),
             "frames_without_face": list(meta.get("frames_without_face") or []),
@@ -188,10 +198,12 @@ def read_bundle_info(local: Path, uri: str) -> dict[str, Any]:
 
 
 def _config(cls, data: Any, uri: str, what: str):
+    if not isinstance(data or {}, dict):
+        raise InputError(uri, f"bundle has an incompatible {what} config (not a mapping)")
     try:
         return config_io.from_dict(cls, data or {})
-    except (TypeError, ValueError) as exc:
-        raise InputError(uri, f"bundle has an incompatible {what} config ({exc})") from exc
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise InputError(uri, f"bundle has an incompatible {what} config ({exc})") from None
 
 
 def _load_module(module: nn.Module, path: Path, uri: str, device: str | torch.device) -> nn.Module:
@@ -233,7 +245,12 @@ def load_character(uri: str, device: str | torch.device = "cpu") -> Character:
         raise InputError(uri, "bundle weights do not match its version (corrupt or modified files)")
     gen_cfg = _config(GeneratorConfig, info.get("generator"), uri, "generator")
     audio = _config(AudioConfig, info.get("audio"), uri, "audio")
-    geometry = _config(GeometryConfig, info.get("geometry"), uri, "geometry")
+    geometry_data = dict(info.get("geometry") or {})
+    margin = info.get("crop_margin", geometry_data.get("crop_margin"))  # format-1 bundles kept it in geometry
+    if not isinstance(margin, int) or margin < 0:
+        raise InputError(uri, f"bundle.json has no valid crop_margin (got {margin!r})")
+    geometry = _config(GeometryConfig, {k: v for k, v in geometry_data.items() if k not in LEGACY_GEOMETRY_KEYS},
+                       uri, "geometry")
     generator = _load_module(Generator(gen_cfg), local / GENERATOR_FILE, uri, device)
     audio_encoder = _load_module(AudioEncoder(), local / AUDIO_ENCODER_FILE, uri, device)
     syncnet = None
@@ -247,8 +264,9 @@ def load_character(uri: str, device: str | torch.device = "cpu") -> Character:
     return Character(name=str(info.get("name")), preset=str(info.get("preset")), version=info["version"],
                      generator=generator, audio_encoder=audio_encoder, syncnet=syncnet, generator_config=gen_cfg,
                      audio=audio, geometry=geometry, template_dir=local / TEMPLATES_DIR, boxes=boxes,
-                     landmarks=landmarks, frame_size=_frame_size(info, local, uri),
-                     frames_without_face=frozenset(int(i) for i in info.get("frames_without_face") or []))
+                     landmarks=landmarks, margin=margin, frame_size=_frame_size(info, local, uri),
+                     frames_without_face=frozenset(int(i) for i in info.get("frames_without_face") or []),
+                     train=info.get("train") if isinstance(info.get("train"), dict) else {})
 
 
 def _frame_size(info: dict[str, Any], local: Path, uri: str) -> tuple[int, int]:

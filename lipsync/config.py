@@ -1,47 +1,84 @@
-"""Typed configuration: frozen dataclasses loaded from the YAML files in configs/.
+"""Typed configuration: every run setting of every stage, and the one loader for them.
 
-Every stage reads its numbers from here; code paths never hard-code a value that has a config key.
-`load(cls, name_or_path, overrides)` builds a dataclass from YAML plus `key=value` overrides
-(dotted keys reach nested dataclasses).
+The run configs (frozen dataclasses) live here; the architectures (GeneratorConfig,
+SyncNetConfig, the presets of configs/models.yaml) live with the models, because they are saved
+into each bundle and never change with a run.
+
+`load_config(cls, path, overrides, flags)` is the only way entry points get a config:
+
+    configs/<name>.yaml (or `path`)  ->  `--set key=value` overrides  ->  command-line flags
+
+then validates the result with pydantic (types and ranges declared on the fields below): an
+unknown key (with a did-you-mean), a value of the wrong type or out of range is a ConfigError
+(an InputError: one line, exit code 2) before any work starts. The dataclass defaults mirror
+the YAML files (tests/test_config.py keeps them in step), so library callers that pass no config
+get what the tools run with.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Mapping, TypeVar
 
 import yaml
+from pydantic import Field, TypeAdapter, ValidationError
+
+from lipsync.errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 T = TypeVar("T")
+
+# Field types with their ranges (pydantic reads these annotations).
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Crf = Annotated[int, Field(ge=0, le=51)]  # x264: 0 lossless .. 51 worst
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]  # lipsync.runtime.resolve_device
+
+
+class ConfigError(InputError):
+    """A config file, override or flag is wrong (unknown key, bad type, out of range). Exit code 2."""
+
+
+# Datasets and bundles written before the crop margin moved to the model preset recorded it in
+# their geometry; it is ignored there (the preset, or the bundle's own crop_margin, decides).
+LEGACY_GEOMETRY_KEYS = ("crop_margin",)
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare (and the audio / geometry a dataset and a bundle record)
 
 
 @dataclass(frozen=True)
 class AudioConfig:
     """Wav2Lip-style mel spectrogram and per-video-frame windows (see DESIGN.md, Audio)."""
 
-    sample_rate: int = 16000
-    fps: int = 25
-    preemphasis: float = 0.97
-    n_fft: int = 800
-    hop_length: int = 200
-    win_length: int = 800
-    n_mels: int = 80
-    fmin: float = 55.0
-    fmax: float = 7600.0
+    sample_rate: PositiveInt = 16000
+    fps: PositiveInt = 25
+    preemphasis: Fraction = 0.97
+    n_fft: PositiveInt = 800
+    hop_length: PositiveInt = 200
+    win_length: PositiveInt = 800
+    n_mels: PositiveInt = 80
+    fmin: NonNegativeFloat = 55.0
+    fmax: PositiveFloat = 7600.0
     min_level_db: float = -100.0
     ref_level_db: float = 20.0
-    max_abs_value: float = 4.0
-    mel_window: int = 16  # mel frames per video frame window
-    context: int = 8  # +-frames of encoder features given to the generator
-    feature_dim: int = 512  # AudioEncoder output per frame
+    max_abs_value: PositiveFloat = 4.0
+    mel_window: PositiveInt = 16  # mel frames per video frame window
+    context: PositiveInt = 8  # +-frames of encoder features given to the generator
+    feature_dim: PositiveInt = 512  # AudioEncoder output per frame
     # Shape the (2*context, feature_dim) feature stack is reshaped to for the generator
     # (C-order); `ave` 16x512 -> (32, 16, 16). Its product must equal 2 * context * feature_dim.
-    context_shape: tuple[int, int, int] = (32, 16, 16)
+    context_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 16, 16)
     # STFT edge padding (center=True). "reflect" was the default of the older librosa Wav2Lip
     # used; librosa >= 0.10 defaults to "constant". Only the first and last two mel frames differ.
     stft_pad_mode: str = "reflect"
@@ -53,157 +90,362 @@ class AudioConfig:
 
 @dataclass(frozen=True)
 class GeometryConfig:
-    """Crop box, mask and paste-back (see DESIGN.md, Geometry, and docs/GEOMETRY.md)."""
+    """Crop box, mask and paste-back (see DESIGN.md, Geometry, and docs/GEOMETRY.md).
+
+    The crop margin is not here: it belongs to the model preset (configs/models.yaml), which
+    fixes the crop size S + 2m around the model's S x S; a bundle records the one it was trained with.
+    """
 
     # MediaPipe Face Mesh indices standing in for the seed's 110-point lms[1], lms[31], lms[52].
-    jaw_left: int = 234
-    jaw_right: int = 454
-    nose_bridge: int = 195
+    jaw_left: NonNegativeInt = 234
+    jaw_right: NonNegativeInt = 454
+    nose_bridge: NonNegativeInt = 195
     # Lower-face mask inside the S x S model crop, as fractions of S (x0, y0, x1, y1).
-    mask_box: tuple[float, float, float, float] = (5 / 320, 5 / 320, 315 / 320, 310 / 320)
+    mask_box: tuple[Fraction, Fraction, Fraction, Fraction] = (5 / 320, 5 / 320, 315 / 320, 310 / 320)
     # Width of the feathered blend border used when pasting, as a fraction of the box side.
-    feather: float = 0.08
+    feather: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.08
     # Temporal smoothing of landmarks: centred moving-average window (frames, odd).
-    smooth_window: int = 5
-    crop_margin: int = 4  # the model sees crop[m:m+S, m:m+S] of the (S+2m)^2 crop
+    smooth_window: PositiveInt = 5
     # Scale of the seed's square about its centre (1.0 = the seed's box; see docs/GEOMETRY.md).
-    box_expand: float = 1.0
+    box_expand: PositiveFloat = 1.0
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    fps: int = 25
-    jpeg_quality: int = 95
+    """`lipsync prepare` (configs/prepare.yaml)."""
+
+    fps: PositiveInt = 25
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 95
     # Refuse a video where more than this fraction of frames has no detected face.
-    max_no_face_fraction: float = 0.5
-    min_detection_confidence: float = 0.5
-    min_tracking_confidence: float = 0.5
-    max_duration_s: float = 1800.0
+    max_no_face_fraction: Fraction = 0.5
+    min_detection_confidence: Fraction = 0.5
+    min_tracking_confidence: Fraction = 0.5
+    max_duration_s: PositiveFloat = 1800.0
     audio: AudioConfig = field(default_factory=AudioConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
 
 
+# ---------------------------------------------------------------------------------------------
+# render and dub
+
+
 @dataclass(frozen=True)
 class RenderConfig:
-    """`lipsync render` and the dub actors (see configs/render.yaml)."""
+    """`lipsync render` and the dub actors (configs/render.yaml)."""
 
-    batch_size: int = 1  # frames per generator forward (1 is fastest on CPU, see BENCHMARKS.md)
-    device: str = "auto"
-    bf16: bool = True  # autocast on GPU only
+    batch_size: PositiveInt = 1  # frames per generator forward (1 is fastest on CPU, see BENCHMARKS.md)
+    device: Device = "auto"
+    bf16: bool = True  # autocast on GPU only (lipsync.runtime)
     channels_last: bool = True  # measured faster on CPU for this UNet
-    crf: int = 20
-    crf_enhance: int = 18
+    crf: Crf = 20
+    crf_enhance: Crf = 18
     x264_preset: str = "veryfast"
     pix_fmt: str = "yuv420p"
     audio_bitrate: str = "128k"
-    feature_batch_size: int = 64  # mel windows per AudioEncoder forward
-    queue_depth: int = 4  # batches in flight between decode, model and encode threads
-    max_audio_seconds: float = 3600.0
-    torch_threads: int = 0  # 0 = leave torch's default
+    feature_batch_size: PositiveInt = 64  # mel windows per AudioEncoder forward
+    queue_depth: PositiveInt = 4  # batches in flight between decode, model and encode threads
+    max_audio_seconds: PositiveFloat = 3600.0
+    torch_threads: NonNegativeInt = 0  # 0 = leave torch's default
 
 
 @dataclass(frozen=True)
 class DubConfig:
-    """`lipsync dub` and jobs/batch_dub.py: the Ray pipeline (see configs/dub.yaml, docs/CLUSTER.md).
+    """`lipsync dub` and jobs/batch_dub.py: the Ray pipeline (configs/dub.yaml, docs/CLUSTER.md).
 
     `render` holds the per-frame settings the render actors use; its defaults come from
-    configs/render.yaml (see lipsync.dub.load_config). `render.device` is not used: `device` is.
+    configs/render.yaml (NESTED_FILES). `render.device` is not used: `device` is.
     """
 
-    shard_frames: int = 250  # frames per render task (one encoded segment each)
-    actors: int = 1  # render actors (the minimum when max_actors > actors)
-    max_actors: int = 0  # > actors: an autoscaling pool of actors..max_actors; else a fixed pool
-    device: str = "auto"  # cpu | cuda | auto (cuda when the cluster has GPUs now)
-    actor_cpus: float = 1.0  # CPUs reserved per render actor; its torch threads unless render.torch_threads
-    actor_gpus: float = 1.0  # GPUs per render actor when device is cuda
-    plan_cpus: float = 1.0  # per planning task (audio decode + audio encoder)
-    stitch_cpus: float = 0.0  # per stitch task (ffmpeg -c copy + AAC): light, must not wait for actors
-    max_concurrent_stitches: int = 4  # stitch tasks in flight at once
-    character_cache: int = 2  # characters kept loaded per actor / planning worker (LRU)
-    feature_cache: int = 4  # items' audio features kept per actor (LRU)
-    progress_interval_s: float = 10.0  # seconds between progress lines in job logs
+    shard_frames: PositiveInt = 250  # frames per render task (one encoded segment each)
+    actors: PositiveInt = 1  # render actors (the minimum when max_actors > actors)
+    max_actors: NonNegativeInt = 0  # > actors: an autoscaling pool of actors..max_actors; else a fixed pool
+    device: Device = "auto"  # cpu | cuda | auto (cuda when the cluster has GPUs now)
+    actor_cpus: PositiveFloat = 1.0  # CPUs reserved per render actor; its torch threads unless render.torch_threads
+    actor_gpus: PositiveFloat = 1.0  # GPUs per render actor when device is cuda
+    plan_cpus: NonNegativeFloat = 1.0  # per planning task (audio decode + audio encoder)
+    stitch_cpus: NonNegativeFloat = 0.0  # per stitch task (ffmpeg -c copy + AAC): light, must not wait for actors
+    max_concurrent_stitches: PositiveInt = 4  # stitch tasks in flight at once
+    character_cache: PositiveInt = 2  # characters kept loaded per actor / planning worker (LRU)
+    feature_cache: PositiveInt = 4  # items' audio features kept per actor (LRU)
+    progress_interval_s: PositiveFloat = 10.0  # seconds between progress lines in job logs
+    # Catalog rows may only write under the output root unless this is set (docs/RELIABILITY.md).
+    allow_outputs_outside_root: bool = False
     render: RenderConfig = field(default_factory=RenderConfig)
 
-
-def _coerce(tp: Any, value: Any) -> Any:
-    """Turn a YAML value into the annotated type (nested dataclasses, tuples, floats)."""
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value or {})
-    origin = typing.get_origin(tp)
-    if origin is tuple and isinstance(value, (list, tuple)):
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v) for v in value)
-        return tuple(_coerce(a, v) for a, v in zip(args, value))
-    if tp is float and isinstance(value, (int, str)):
-        return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
-    return value
+    def __post_init__(self) -> None:
+        if self.max_actors and self.max_actors < self.actors:
+            raise ValueError(f"max_actors must be 0 or >= actors ({self.actors}), got {self.max_actors}")
 
 
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build dataclass `cls` from a mapping; unknown keys are an error (typos must not pass)."""
-    hints = typing.get_type_hints(cls)
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Generator loss = l1 * L1 + ssim * (1 - SSIM) + sync * syncBCE + vgg * perceptual."""
+
+    l1: NonNegativeFloat = 1.0
+    ssim: NonNegativeFloat = 0.2
+    sync: NonNegativeFloat = 0.03
+    vgg: NonNegativeFloat = 0.01  # used only when TrainConfig.vgg_weights is set
+
+
+@dataclass(frozen=True)
+class NegativeSampling:
+    """Where a SyncNet negative pair's audio comes from (all frame distances in video frames)."""
+
+    min_shift: PositiveInt = 5  # never closer than this: a mel window spans 5 frames, so no overlap
+    max_shift: PositiveInt = 15  # "shifted" negatives are at min_shift..max_shift frames
+    # This share of negatives takes audio from anywhere >= min_shift away (Wav2Lip's "any other
+    # frame"); the rest is shifted by min_shift..max_shift. Measured on the Obama clip: training
+    # with far negatives only generalises best (held-out balanced accuracy 0.71-0.72 vs 0.63 at 0.5).
+    far_fraction: Fraction = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_shift < self.min_shift:
+            raise ValueError(f"negatives need min_shift <= max_shift, got {self.min_shift} > {self.max_shift}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`lipsync train` and the Ray Train job (configs/train.yaml).
+
+    The architecture is NOT here: it comes from the preset (configs/models.yaml) and is saved into
+    every checkpoint and bundle. These are the numbers of one training run.
+    """
+
+    preset: str = "tiny"
+    syncnet_steps: NonNegativeInt = 2000
+    generator_steps: NonNegativeInt = 10000
+    batch_size: PositiveInt = 8  # generator batch (per worker under Ray Train)
+    syncnet_batch_size: PositiveInt = 32  # face/audio pairs per SyncNet step (half positives)
+    lr: PositiveFloat = 1e-3  # generator (Adam)
+    syncnet_lr: PositiveFloat = 1e-4  # SyncNet (Adam)
+    grad_clip: NonNegativeFloat = 1.0  # max gradient norm; 0 disables clipping
+    seed: int = 0
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1  # the LAST 10% of the frames; never trained on
+    val_max_frames: PositiveInt = 256  # validation uses at most this many evenly spaced held-out frames
+    checkpoint_every: PositiveInt = 500  # steps (SyncNet and generator steps are counted together)
+    keep_checkpoints: PositiveInt = 2
+    log_every: PositiveInt = 10
+    val_every: PositiveInt = 250
+    sync_loss_after: NonNegativeInt = 0  # generator steps before the sync loss is switched on
+    loss: LossWeights = field(default_factory=LossWeights)
+    negatives: NegativeSampling = field(default_factory=NegativeSampling)
+    val_negatives_per_frame: PositiveInt = 4  # SyncNet validation: negatives per held-out frame
+    # SyncNet pairs face k with the mel window of frame k + sync_audio_offset. The window of frame j
+    # starts AT j and spans ~5 frames; -2 centres it on the face. Eval reads it back from the
+    # bundle (bundle.json train.config.sync_audio_offset).
+    sync_audio_offset: int = -2
+    sync_augment: bool = False  # SyncNet training faces: random shifts within the crop margin + mirroring
+    device: Device = "auto"
+    bf16: bool = True  # bf16 autocast for forward passes on CUDA (lipsync.runtime)
+    loader_workers: NonNegativeInt = 0  # DataLoader worker processes (items are cheap: crops are preloaded)
+    vgg_weights: str | None = None  # local path/URI of a torchvision-layout VGG19 state dict
+    audio_encoder: str | None = None  # pretrained AudioEncoder (SyncTalk_2D audio_visual_encoder.pth)
+
+    def __post_init__(self) -> None:
+        if self.syncnet_batch_size % 2:
+            raise ValueError("syncnet_batch_size must be even (positives and negatives come in pairs)")
+
+    @property
+    def total_steps(self) -> int:
+        return self.syncnet_steps + self.generator_steps
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`lipsync eval` (configs/eval.yaml).
+
+    `held_out_fraction` and `sync_audio_offset` are None by default: they are read from the
+    bundle's recorded training config (its val_fraction and the SyncNet's trained pairing), so
+    eval scores exactly the frames training held out. Set them only to override that.
+    """
+
+    held_out_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    sync_audio_offset: int | None = None
+    sync_max_offset: PositiveInt = 10  # LSE offsets -10..+10 frames, as in the SyncNet evaluations
+    metric_crop_size: PositiveInt = 320  # LMD and mouth metrics are measured in a crop of the face box at this size
+    mouth_pad: NonNegativeFloat = 0.06  # the mouth region is the real lips' bounding box grown by this * crop size
+    shuffle_shift: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5  # shuffled audio = features rolled by this fraction
+    strip_frames: PositiveInt = 4  # rows of the PNG strip (evenly spaced evaluated frames)
+    batch_size: PositiveInt = 8  # generator forward batch
+    sync_batch_size: PositiveInt = 32
+    device: Device = "auto"
+
+
+# ---------------------------------------------------------------------------------------------
+# the loader
+
+# Each run config's YAML file in configs/ (a bare name) ...
+CONFIG_FILES: dict[type, str] = {PrepareConfig: "prepare", RenderConfig: "render", DubConfig: "dub",
+                                 TrainConfig: "train", EvalConfig: "eval"}
+# ... and nested sections whose defaults come from another file (the dub actors render with
+# configs/render.yaml; configs/dub.yaml lists only what it changes).
+NESTED_FILES: dict[tuple[type, str], str] = {(DubConfig, "render"): "render"}
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """A bare name like "prepare" means configs/prepare.yaml; anything else is a path."""
+    p = Path(name_or_path)
+    if p.suffix in {".yaml", ".yml"} or p.parent != Path("."):
+        return p
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
+    """A YAML mapping; ConfigError naming the file when it is missing, unreadable or not a mapping."""
+    path = resolve_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read config file ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "a config file must be a mapping of key: value")
+    return data
+
+
+def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    """`["loss.l1=2", "steps=10"]` -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(None, f"--set {item!r} is not key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(None, f"--set {item!r}: the value is not a YAML scalar") from None
+        target = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(None, f"--set {item!r} conflicts with another --set of {part!r}")
+        target[parts[-1]] = value
+    return out
+
+
+def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, recursively for nested mappings."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def _drop_none(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """Command-line flags that were not given are None: they do not override anything."""
+    out = {}
+    for k, v in flags.items():
+        if isinstance(v, Mapping):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every settable key of `cls`, nested ones dotted ("render.crf")."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        sub = _nested_class(cls, f.name)
+        keys += _dotted_keys(sub, f"{prefix}{f.name}.") if sub is not None else [prefix + f.name]
+    return keys
+
+
+def _check_keys(cls: type, data: Mapping[str, Any], where: str = "", root: type | None = None) -> None:
+    """Unknown keys are errors (a typo must not pass silently), with the closest known key."""
+    root = root or cls
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
-    kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
-    return cls(**kwargs)
+    for key, value in data.items():
+        if key not in names:
+            wrong = f"{where}{key}"
+            known = _dotted_keys(root)
+            close = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6) or \
+                [k for k in known if k.rsplit(".", 1)[-1] == str(key)][:1]
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(names))}"
+            raise ConfigError(None, f"unknown config key {wrong!r} for {root.__name__}{hint}")
+        sub = _nested_class(cls, key)
+        if sub is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(None, f"config key {where}{key} must be a mapping of {sub.__name__} keys")
+            _check_keys(sub, value, f"{where}{key}.", root)
+
+
+@functools.cache
+def _nested_classes(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {name: tp for name, tp in hints.items() if dataclasses.is_dataclass(tp)}
+
+
+def _nested_class(cls: type, key: str) -> type | None:
+    return _nested_classes(cls).get(key)
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def _one_line(error: ValidationError) -> str:
+    """pydantic's first error as `key.path: reason (got value)`."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    shown = first.get("input")
+    got = "" if isinstance(shown, Mapping) else f" (got {shown!r})"
+    more = error.error_count() - 1
+    return f"config {where}: {message}{got}".replace("config :", "config:") + \
+        (f"; and {more} more problem(s)" if more else "")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], source: str | Path | None = None) -> T:
+    """Build and validate `cls` from a mapping: ConfigError (naming `source`) when anything is wrong."""
+    try:
+        _check_keys(cls, data)
+        return _adapter(cls).validate_python(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(source, _one_line(exc)) from None
+    except ConfigError as exc:
+        raise ConfigError(source, exc.problem) from None
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] | None = None,
+                flags: Mapping[str, Any] | None = None) -> T:
+    """The config `cls` from its YAML file (or `path`), then `--set` overrides, then `flags`.
+
+    `flags` holds command-line options (nested dicts for sections; None = not given).
+    ConfigError (exit code 2) for an unknown key, a wrong type or a value out of range.
+    """
+    source = resolve_path(path if path is not None else CONFIG_FILES[cls])
+    data = load_yaml(source)
+    for (owner, key), file in NESTED_FILES.items():
+        if owner is cls:
+            data[key] = merge(load_yaml(file), data.get(key) or {})
+    data = merge(merge(data, parse_overrides(overrides)), _drop_none(flags or {}))
+    return from_dict(cls, data)  # the message names the setting (file, --set or flag alike)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
     """Dataclass -> plain dict (tuples become lists) for YAML/JSON."""
 
     def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
+        if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
 
     return plain(dataclasses.asdict(obj))
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        data = data.setdefault(p, {})
-    data[parts[-1]] = value
-
-
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """`["train.lr=1e-3", "steps=10"]` -> nested dict; values parsed as YAML scalars."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(out, key.strip(), yaml.safe_load(raw))
-    return out
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def resolve_path(name_or_path: str | Path) -> Path:
-    """A bare name like "prepare" means configs/prepare.yaml."""
-    p = Path(name_or_path)
-    if p.suffix in {".yaml", ".yml"} and p.exists():
-        return p
-    return CONFIG_DIR / f"{name_or_path}.yaml"
-
-
-def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
-    with open(resolve_path(name_or_path)) as f:
-        return yaml.safe_load(f) or {}
-
-
-def load(cls: type[T], name_or_path: str | Path | None = None, overrides: list[str] | dict | None = None) -> T:
-    """Load dataclass `cls` from a YAML config (or defaults) plus overrides."""
-    data = load_yaml(name_or_path) if name_or_path is not None else {}
-    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-    return from_dict(cls, _merge(data, extra))

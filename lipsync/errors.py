@@ -6,9 +6,27 @@ line and exits with code 2. Anything else is a bug or an environment failure (ex
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def _restore(cls: type, args: tuple, state: dict[str, Any]) -> BaseException:
+    """Unpickle an error without calling its constructor (whose arguments are not `args`)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class LipsyncError(Exception):
-    """Base class of the errors this package raises on purpose."""
+    """Base class of the errors this package raises on purpose.
+
+    Picklable whatever a subclass's constructor takes (Ray sends a task's exception to the
+    driver pickled; the default `cls(*args)` would call `InputError(message)` and fail, and Ray
+    would then report "UnserializableException" instead of the one-line reason).
+    """
+
+    def __reduce__(self):
+        return _restore, (type(self), self.args, dict(self.__dict__))
 
 
 class InputError(LipsyncError):

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from lipsync.config import RenderConfig
-from lipsync.dub import load_config, option_overrides, parse_actors
+from lipsync.config import ConfigError, DubConfig, load_config
+from lipsync.dub import dub_flags, parse_actors
 from lipsync.dub.catalog import CatalogItem, parse_catalog, read_catalog, unsafe_id_reason
 from lipsync.dub.plan import LruCache, input_key, plan_shards, run_key, split_frames
 from lipsync.dub.report import ItemResult, build_report
@@ -21,8 +22,8 @@ def csv_catalog(*rows: str, header: str = CSV_HEADER) -> str:
     return header + "".join(r + "\n" for r in rows)
 
 
-def parse_csv(text: str, source: str = "s3://bucket/cats/cat.csv") -> list[CatalogItem]:
-    return parse_catalog(text, "csv", source, ROOT)
+def parse_csv(text: str, source: str = "s3://bucket/cats/cat.csv", **options) -> list[CatalogItem]:
+    return parse_catalog(text, "csv", source, ROOT, **options)
 
 
 def expect_error(text: str, fmt: str = "csv") -> str:
@@ -41,7 +42,7 @@ def test_csv_rows_with_defaults_and_explicit_values():
     items = parse_csv(csv_catalog(
         "a,s3://b/char,s3://b/a.wav,,,",
         "b,s3://b/char,s3://b/b.mp3,s3://other/x/b.mp4,100,0",
-    ))
+    ), allow_outputs_outside_root=True)  # an output outside the root needs the setting
     assert [i.id for i in items] == ["a", "b"]
     a, b = items
     assert a.output == "s3://bucket/out/a.mp4"  # default <output_root>/<id>.mp4
@@ -78,10 +79,10 @@ def test_jsonl_rows(tmp_path):
     cat = tmp_path / "cat.jsonl"
     cat.write_text(json.dumps({"id": "a", "character": "s3://b/c", "audio": "s3://b/a.wav"}) + "\n\n"
                    + json.dumps({"id": "b", "character": "s3://b/c", "audio": "s3://b/b.wav", "crf": 18,
-                                 "start_frame": "7", "output": "s3://b/o/b.mp4"}) + "\n")
+                                 "start_frame": "7", "output": "s3://bucket/out/o/b.mp4"}) + "\n")
     a, b = read_catalog(str(cat), ROOT)
     assert (a.id, a.output, a.crf, a.row) == ("a", "s3://bucket/out/a.mp4", None, 1)
-    assert (b.id, b.output, b.crf, b.start_frame, b.row) == ("b", "s3://b/o/b.mp4", 18, 7, 2)
+    assert (b.id, b.output, b.crf, b.start_frame, b.row) == ("b", "s3://bucket/out/o/b.mp4", 18, 7, 2)
 
 
 def test_format_from_extension_and_missing_file(tmp_path):
@@ -211,27 +212,27 @@ def test_input_key_changes_with_what_changes_pixels():
 
 
 def test_run_key_depends_on_shard_size_only_among_dub_settings():
-    cfg = load_config()
-    assert run_key(cfg) == run_key(load_config(overrides=["actors=4", "device=cpu"]))
-    assert run_key(cfg) != run_key(load_config(overrides=["shard_frames=25"]))
+    cfg = load_config(DubConfig)
+    assert run_key(cfg) == run_key(load_config(DubConfig, overrides=["actors=4", "device=cpu"]))
+    assert run_key(cfg) != run_key(load_config(DubConfig, overrides=["shard_frames=25"]))
 
 
 def test_config_defaults_options_and_validation():
-    cfg = load_config()
+    cfg = load_config(DubConfig)
     assert cfg.shard_frames == 250 and cfg.actors == 1
     assert cfg.render.crf == RenderConfig().crf  # render defaults come from configs/render.yaml
-    cfg = load_config(overrides=["shard_frames=25"], options=option_overrides(actors="1:4", crf=0, device="cpu"))
+    cfg = load_config(DubConfig, overrides=["shard_frames=25"], flags=dub_flags(actors="1:4", crf=0, device="cpu"))
     assert (cfg.shard_frames, cfg.actors, cfg.max_actors, cfg.render.crf, cfg.device) == (25, 1, 4, 0, "cpu")
     assert parse_actors("3") == {"actors": 3, "max_actors": 0}
     for bad in ("0", "4:2", "x", "1:y"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError, match="--actors"):
             parse_actors(bad)
-    with pytest.raises(InputError, match="shard_frames must be >= 1"):
-        load_config(options={"shard_frames": 0})
-    with pytest.raises(InputError, match="device must be"):
-        load_config(options={"device": "tpu"})
-    with pytest.raises(ValueError, match="unknown config keys"):
-        load_config(overrides=["shard_frame=3"])
+    with pytest.raises(ConfigError, match="config shard_frames: Input should be greater than or equal to 1"):
+        load_config(DubConfig, flags={"shard_frames": 0})
+    with pytest.raises(ConfigError, match="config device: String should match pattern"):
+        load_config(DubConfig, flags={"device": "tpu"})
+    with pytest.raises(ConfigError, match="unknown config key 'shard_frame'.*did you mean 'shard_frames'"):
+        load_config(DubConfig, overrides=["shard_frame=3"])
 
 
 def test_lru_cache_loads_once_and_evicts_the_least_recently_used():
@@ -279,7 +280,7 @@ def test_summary_lists_failures_with_reasons():
 def test_cli_rejects_a_bad_catalog_with_exit_code_2_before_starting_ray(tmp_path):
     from typer.testing import CliRunner
 
-    from lipsync.cli import app
+    from lipsync_cli.main import app
 
     cat = tmp_path / "cat.csv"
     cat.write_text(csv_catalog("x,c,a.wav,,,", "x,c,b.wav,,,"))

@@ -193,7 +193,8 @@ def clip_dataset(tmp_path_factory, media_dir) -> Path:
 @pytest.fixture(scope="module")
 def trained(clip_dataset, one_thread):
     """Stage 1 of lipsync.train (SyncNet only) on every frame of the clip: ~300 steps, ~40 s on 2 loaded cores."""
-    from lipsync.train import Trainer, TrainConfig
+    from lipsync.config import TrainConfig
+    from lipsync.train import Trainer
     from lipsync.train.context import RunContext
 
     cfg = TrainConfig(preset="tiny", syncnet_steps=300, generator_steps=0, syncnet_batch_size=8, syncnet_lr=3e-3,
@@ -279,7 +280,7 @@ def test_eval_cli_writes_every_field_and_the_strip(tiny_bundle, clip_dataset, tm
     import cv2
     from typer.testing import CliRunner
 
-    from lipsync.cli import app
+    from lipsync_cli.main import app
 
     out, strip = tmp_path / "eval.json", tmp_path / "strip.png"
     result = CliRunner().invoke(app, ["eval", "--dataset", str(clip_dataset), "--character", tiny_bundle,
@@ -306,7 +307,7 @@ def test_eval_cli_writes_every_field_and_the_strip(tiny_bundle, clip_dataset, tm
 def test_eval_cli_bad_inputs_exit_2(tiny_bundle, clip_dataset, tmp_path):
     from typer.testing import CliRunner
 
-    from lipsync.cli import app
+    from lipsync_cli.main import app
 
     runner = CliRunner()
     out = tmp_path / "eval.json"

@@ -12,12 +12,14 @@ import pytest
 from lipsync.config import GeometryConfig
 from lipsync.face import geometry as geo
 from lipsync.face import preview
+from lipsync.models import model_preset
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 OBAMA = MEDIA / "edtalk_uncrop_Obama.mp4"
 CFG = GeometryConfig()
 S = 320
-CROP_FULL = S + 2 * CFG.crop_margin  # 328
+MARGIN = model_preset("st2d-328").crop_margin
+CROP_FULL = S + 2 * MARGIN  # 328
 
 
 def natural_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -123,7 +125,7 @@ def test_paste_writes_only_the_in_frame_part_of_an_overhanging_box():
 
 def test_inner_and_mask_lower_face_zero_exactly_the_configured_rectangle():
     crop_full = natural_image(CROP_FULL, CROP_FULL) | 1  # no zero pixels to start with
-    img = geo.inner(crop_full, CFG.crop_margin)
+    img = geo.inner(crop_full, MARGIN)
     assert img.shape == (S, S, 3)
     assert np.array_equal(img, crop_full[4:-4, 4:-4])
 

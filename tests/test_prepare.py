@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lipsync.cli import app
+from lipsync_cli.main import app
 from lipsync.data import layout
 from lipsync.io import media
 
@@ -213,7 +213,7 @@ def test_every_shared_video_prepares(tmp_path, media_dir, name, frames):
 
 def test_real_entry_point_exits_2_with_one_line(tmp_path):
     """The installed console entry (not the test runner) maps input errors to exit code 2."""
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "prepare", str(tmp_path / "missing.mp4"),
+    proc = subprocess.run([sys.executable, "-m", "lipsync_cli", "prepare", str(tmp_path / "missing.mp4"),
                            "--name", "x", "--out", str(tmp_path / "ds")], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from lipsync.bundle import load_character, save_bundle
-from lipsync.cli import app
+from lipsync_cli.main import app
 from lipsync.config import AudioConfig, GeometryConfig, PrepareConfig, RenderConfig
 from lipsync.data import layout
 from lipsync.data.prepare import prepare

@@ -32,9 +32,10 @@ from lipsync.data.inputs import to_chw
 from lipsync.errors import InputError, OutputExistsError
 from lipsync.face.geometry import mask_rect
 from lipsync.models import AudioEncoder, Generator, GeneratorConfig, build_generator, build_syncnet
-from lipsync.train import LocalContext, Trainer, load_train_config
+from lipsync.config import TrainConfig, load_config
+from lipsync.train import LocalContext, Trainer
 from lipsync.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
-from lipsync.train.config import LossWeights
+from lipsync.config import LossWeights
 from lipsync.train.losses import GeneratorLoss, PerceptualLoss, load_vgg19
 from lipsync.train.metrics import CURVE_FILE, METRICS_FILE
 from lipsync.train.trainer import generator_forward, optimizer_step
@@ -181,7 +182,7 @@ def test_generator_overfits_a_tiny_real_batch(prepared_obama):
 
 
 def test_syncnet_separates_aligned_from_shifted_audio_on_held_out_frames(prepared_obama):
-    cfg = load_train_config(None, ["preset=tiny", "syncnet_steps=200", "generator_steps=0", "syncnet_batch_size=32",
+    cfg = load_config(TrainConfig, None, ["preset=tiny", "syncnet_steps=200", "generator_steps=0", "syncnet_batch_size=32",
                                    "val_every=50", "log_every=50", "checkpoint_every=100000", "seed=0"])
     trainer = Trainer(cfg, prepared_obama)
     trainer.setup()
@@ -197,7 +198,7 @@ def test_syncnet_separates_aligned_from_shifted_audio_on_held_out_frames(prepare
 
 
 def _run(dataset: Path, run_dir: Path, overrides: list[str], resume: bool = False) -> Trainer:
-    cfg = load_train_config(None, QUICK + overrides)
+    cfg = load_config(TrainConfig, None, QUICK + overrides)
     ctx = LocalContext(run_dir, resume=resume, keep=cfg.keep_checkpoints)
     trainer = Trainer(cfg, dataset, ctx)
     trainer.setup()
@@ -327,7 +328,7 @@ def test_vgg_perceptual_loss_from_a_torchvision_layout_file(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lipsync.cli", "train", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lipsync_cli", "train", *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=600)
 
 
@@ -363,7 +364,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(prepared_obama, 
 
     from typer.testing import CliRunner
 
-    from lipsync.cli import app
+    from lipsync_cli.main import app
 
     dataset, out, preset, extra = prepared_obama, tmp_path / "bundle", "tiny", ["--device", "cpu"]
     if case == "missing_files":

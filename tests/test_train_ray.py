@@ -13,7 +13,7 @@ import pytest
 
 from lipsync.bundle import BUNDLE_FILE, load_character
 from lipsync.io import storage
-from lipsync.train import load_train_config
+from lipsync.config import TrainConfig, load_config
 from lipsync.train.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ def ray_cluster(ray_head, tmp_path_factory):
 def test_two_workers_train_and_write_checkpoints_and_a_bundle(ray_cluster, prepared_obama, tmp_path):
     from cluster.train import train_on_ray
 
-    cfg = load_train_config(None, QUICK + ["syncnet_steps=2", "generator_steps=2"])
+    cfg = load_config(TrainConfig, None, QUICK + ["syncnet_steps=2", "generator_steps=2"])
     out = tmp_path / "bundle"
     result = train_on_ray(str(prepared_obama), str(out), cfg, storage_path=str(tmp_path / "ray"), name="run",
                           num_workers=2, max_failures=0)
@@ -59,7 +59,7 @@ def test_a_failed_worker_resumes_from_the_checkpoint_on_s3(ray_cluster, prepared
 
     dataset_uri = storage.join(s3_tmp, "dataset")
     storage.upload_dir(prepared_obama, dataset_uri)
-    cfg = load_train_config(None, QUICK + ["syncnet_steps=2", "generator_steps=4"])
+    cfg = load_config(TrainConfig, None, QUICK + ["syncnet_steps=2", "generator_steps=4"])
     out = tmp_path / "bundle"
     result = train_on_ray(dataset_uri, str(out), cfg, storage_path=storage.join(s3_tmp, "ray"), name="run",
                           num_workers=2, max_failures=1, fail_at_step=5)

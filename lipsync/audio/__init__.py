@@ -3,8 +3,9 @@
 Input is float32 mono audio at `AudioConfig.sample_rate` (decoding is lipsync.io.media's job).
 """
 
-from lipsync.audio.features import context_range, context_stack, encode_frames
+from lipsync.audio.features import context_range, context_stack, encode_frames, iter_features
 from lipsync.audio.mel import (
+    MelStream,
     mel_window_start,
     mel_windows,
     melspectrogram,
@@ -13,9 +14,11 @@ from lipsync.audio.mel import (
 )
 
 __all__ = [
+    "MelStream",
     "context_range",
     "context_stack",
     "encode_frames",
+    "iter_features",
     "mel_window_start",
     "mel_windows",
     "melspectrogram",

@@ -15,10 +15,12 @@ backends only need their own encoder and config values.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 
+from lipsync.audio.mel import MelStream, mel_window_start, mel_windows, num_video_frames
 from lipsync.config import AudioConfig
 
 
@@ -66,6 +68,65 @@ def encode_frames(
         encoder.train(was_training)
     assert out is not None
     return out
+
+
+def _frames_with_complete_windows(n_columns: int, cfg: AudioConfig) -> int:
+    """How many leading video frames have all `mel_window` columns among the first `n_columns`."""
+    last_start = n_columns - cfg.mel_window  # frame k is complete when mel_window_start(k) <= this
+    if last_start < 0:
+        return 0
+    per = cfg.hop_length * cfg.fps  # mel_window_start(k) = k * sample_rate // per
+    return -(-(last_start + 1) * per // cfg.sample_rate)
+
+
+def iter_features(
+    encoder: torch.nn.Module,
+    wav_chunks: Iterable[np.ndarray],
+    cfg: AudioConfig,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    chunk_frames: int = 1024,
+) -> Iterator[np.ndarray]:
+    """Encoder features of audio that arrives in chunks: (rows, D) blocks for frames 0, 1, 2, ...
+
+    Equal (to float32 rounding) to encode_frames(encoder, mel_windows(melspectrogram(wav), N))
+    of the concatenated audio, N = num_video_frames(total samples), but memory stays bounded by
+    the chunk sizes: the mel is built by a MelStream, a frame is encoded as soon as its window's
+    columns are final, mel columns no later frame reads are dropped, and blocks come out
+    `chunk_frames` rows at a time (the last may be shorter) in the same batches as
+    `encode_frames` over chunk_frames-sized ranges would use. Empty audio raises ValueError.
+    """
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    stream = MelStream(cfg)
+    mel = np.zeros((cfg.n_mels, 0), np.float32)  # buffered mel columns, the first is `mel_start`
+    mel_start = 0
+    k = 0  # next frame to encode
+
+    def encode(count: int) -> np.ndarray:
+        return encode_frames(encoder, mel_windows(mel, count, cfg, start=k, mel_start=mel_start),
+                             batch_size=batch_size, device=device)
+
+    for chunk in wav_chunks:
+        cols = stream.push(chunk)
+        if cols.shape[1]:
+            mel = np.concatenate([mel, cols], axis=1)
+        ready = min(_frames_with_complete_windows(stream.n_columns, cfg), num_video_frames(stream.n_samples, cfg))
+        while ready - k >= chunk_frames:
+            yield encode(chunk_frames)
+            k += chunk_frames
+        drop = int(mel_window_start(k, cfg)) - mel_start  # columns before frame k's window
+        if drop > 0:
+            mel = mel[:, drop:].copy()
+            mel_start += drop
+    cols = stream.finish()
+    mel = np.concatenate([mel, cols], axis=1)
+    n = num_video_frames(stream.n_samples, cfg)
+    while k < n:
+        count = min(chunk_frames, n - k)
+        yield encode(count)
+        k += count
 
 
 def _check_context_shape(feats: np.ndarray, cfg: AudioConfig) -> None:

@@ -87,25 +87,121 @@ def melspectrogram(wav: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     if wav.size == 0:
         raise ValueError("cannot compute a mel spectrogram of empty audio")
     emphasised = _preemphasis(wav.astype(np.float32, copy=False), cfg.preemphasis)
-    spec = np.abs(
-        librosa.stft(
-            emphasised,
-            n_fft=cfg.n_fft,
-            hop_length=cfg.hop_length,
-            win_length=cfg.win_length,
-            center=True,
-            pad_mode=cfg.stft_pad_mode,
-        )
-    )  # (1 + n_fft // 2, T)
+    return _to_mel(_stft_magnitude(emphasised, cfg, center=True), cfg)
+
+
+def _to_mel(spec: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """|STFT| columns (1 + n_fft // 2, T) -> normalised mel columns (n_mels, T) float32."""
     mel = _mel_basis(cfg) @ spec  # (n_mels, T)
     return _normalize(_amp_to_db(mel, cfg), cfg).astype(np.float32)
 
 
-def mel_windows(mel: np.ndarray, n_frames: int, cfg: AudioConfig, start: int = 0) -> np.ndarray:
+def _stft_magnitude(samples: np.ndarray, cfg: AudioConfig, center: bool) -> np.ndarray:
+    return np.abs(
+        librosa.stft(
+            samples,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.win_length,
+            center=center,
+            pad_mode=cfg.stft_pad_mode,
+        )
+    )  # (1 + n_fft // 2, T)
+
+
+class MelStream:
+    """`melspectrogram` of audio that arrives in chunks, in memory bounded by the chunk size.
+
+    push(chunk) returns the mel columns that are final once `chunk` is known; finish() returns
+    the rest. Concatenated along time they equal melspectrogram(all samples) (to float32
+    rounding): preemphasis carries its one-sample state across chunks (lfilter's `zi`), and the
+    centred STFT is computed as an uncentred one over the padded stream, whose padding
+    (`stft_pad_mode`, n_fft // 2 samples each side) is built from the first and the last
+    n_fft // 2 + 1 samples exactly as np.pad builds it for the whole signal. Audio shorter than
+    2 * n_fft samples is computed in one piece at finish().
+    """
+
+    def __init__(self, cfg: AudioConfig):
+        if cfg.n_fft % 2:
+            raise ValueError(f"MelStream needs an even n_fft, got {cfg.n_fft}")
+        self.cfg = cfg
+        self.n_samples = 0  # samples pushed so far
+        self.n_columns = 0  # mel columns returned so far
+        self._pad = cfg.n_fft // 2
+        self._zi = np.zeros(1)  # preemphasis state: the previous input sample times -k
+        self._head: list[np.ndarray] | None = []  # emphasised samples until streaming starts
+        self._head_len = 0
+        self._buf = np.zeros(0, np.float32)  # the padded stream from the next frame's first sample
+        self._finished = False
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((self.cfg.n_mels, 0), np.float32)
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        """Add mono samples; returns the (n_mels, t) columns completed by them (t may be 0)."""
+        if self._finished:
+            raise ValueError("MelStream.push after finish")
+        chunk = np.asarray(chunk)
+        if chunk.ndim != 1:
+            raise ValueError(f"expected mono audio of shape (n_samples,), got {chunk.shape}")
+        if chunk.size == 0:
+            return self._empty()
+        self.n_samples += chunk.size
+        y, self._zi = scipy.signal.lfilter([1.0, -self.cfg.preemphasis], [1.0],
+                                           chunk.astype(np.float32, copy=False), zi=self._zi)
+        y = y.astype(np.float32)
+        if self._head is not None:
+            self._head.append(y)
+            self._head_len += y.size
+            if self._head_len < 2 * self.cfg.n_fft:
+                return self._empty()
+            y = np.concatenate(self._head)
+            self._head = None
+            p = self._pad
+            left = np.pad(y[: p + 1], (p, 0), mode=self.cfg.stft_pad_mode)[:p]
+            self._buf = np.concatenate([left.astype(np.float32), y])
+        else:
+            self._buf = np.concatenate([self._buf, y])
+        return self._frames()
+
+    def finish(self) -> np.ndarray:
+        """The remaining columns; afterwards n_columns == 1 + n_samples // hop_length."""
+        if self._finished:
+            raise ValueError("MelStream.finish called twice")
+        self._finished = True
+        if self.n_samples == 0:
+            raise ValueError("cannot compute a mel spectrogram of empty audio")
+        if self._head is not None:  # short audio: one centred STFT, as melspectrogram does
+            spec = _stft_magnitude(np.concatenate(self._head), self.cfg, center=True)
+            self._head = None
+            out = _to_mel(spec, self.cfg)
+            self.n_columns += out.shape[1]
+            return out
+        p = self._pad
+        # the buffer always ends with >= n_fft - hop_length >= p + 1 real samples
+        right = np.pad(self._buf[-(p + 1):], (0, p), mode=self.cfg.stft_pad_mode)[-p:]
+        self._buf = np.concatenate([self._buf, right.astype(np.float32)])
+        return self._frames()
+
+    def _frames(self) -> np.ndarray:
+        n_fft, hop = self.cfg.n_fft, self.cfg.hop_length
+        if self._buf.size < n_fft:
+            return self._empty()
+        count = 1 + (self._buf.size - n_fft) // hop
+        spec = _stft_magnitude(self._buf[: (count - 1) * hop + n_fft], self.cfg, center=False)
+        self._buf = self._buf[count * hop:].copy()
+        self.n_columns += count
+        return _to_mel(spec, self.cfg)
+
+
+def mel_windows(mel: np.ndarray, n_frames: int, cfg: AudioConfig, start: int = 0, mel_start: int = 0
+                ) -> np.ndarray:
     """Mel windows for video frames start .. start + n_frames - 1.
 
-    mel: (n_mels, T) from `melspectrogram`. Returns (n_frames, n_mels, mel_window) float32 where
-    row i is mel[:, s : s + mel_window] with s = mel_window_start(start + i).
+    mel: (n_mels, T) from `melspectrogram`, or the part of it from mel frame `mel_start` on (a
+    stream's buffer: mel[:, 0] is mel frame `mel_start`, which must not come after the first
+    window's start). Returns (n_frames, n_mels, mel_window) float32 where row i is mel frames
+    s .. s + mel_window - 1 with s = mel_window_start(start + i).
 
     Padding: near the end of the audio a window runs past the last mel frame (for the last
     ~mel_window / (mel frames per video frame) = 5 video frames with the defaults). Those columns
@@ -124,7 +220,9 @@ def mel_windows(mel: np.ndarray, n_frames: int, cfg: AudioConfig, start: int = 0
     starts = mel_window_start(np.arange(start, start + n_frames, dtype=np.int64), cfg)  # (n_frames,)
     # Work on the columns this frame range touches only, so a shard of long audio copies little.
     lo, hi = int(starts[0]), int(starts[-1]) + width
-    span = mel[:, lo:hi]  # (n_mels, <= hi - lo)
+    if lo < mel_start:
+        raise ValueError(f"frame {start} starts at mel frame {lo}, before the given mel (from {mel_start})")
+    span = mel[:, lo - mel_start:hi - mel_start]  # (n_mels, <= hi - lo)
     if span.shape[1] < hi - lo:
         pad = np.full((cfg.n_mels, hi - lo - span.shape[1]), silence_value(cfg), dtype=mel.dtype)
         span = np.concatenate([span, pad], axis=1)  # (n_mels, hi - lo)

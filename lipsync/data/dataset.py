@@ -16,21 +16,21 @@ so runs repeat exactly and a resumed run sees the batches the interrupted one wo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from lipsync.audio.features import context_stack
 from lipsync.audio.mel import mel_windows
-from lipsync.config import AudioConfig, GeometryConfig, from_dict
+from lipsync.config import LEGACY_GEOMETRY_KEYS, AudioConfig, ConfigError, GeometryConfig, NegativeSampling, from_dict
 from lipsync.data import layout
 from lipsync.data.inputs import generator_input, to_chw
 from lipsync.errors import InputError
 from lipsync.face import geometry
+from lipsync.io import media
 
 ProgressFn = Callable[[int, int], None]
 
@@ -103,10 +103,12 @@ class CharacterFrames:
 def dataset_configs(meta: dict) -> tuple[AudioConfig, GeometryConfig]:
     """The audio and geometry configs the dataset was prepared with (recorded in meta.json)."""
     cfg = meta.get("config") or {}
+    geometry_data = {k: v for k, v in (cfg.get("geometry") or {}).items() if k not in LEGACY_GEOMETRY_KEYS}
     try:
-        return from_dict(AudioConfig, cfg.get("audio") or {}), from_dict(GeometryConfig, cfg.get("geometry") or {})
-    except (ValueError, TypeError) as exc:
-        raise InputError(None, f"dataset meta.json holds an incompatible config: {exc}") from exc
+        return from_dict(AudioConfig, cfg.get("audio") or {}), from_dict(GeometryConfig, geometry_data)
+    except ConfigError as exc:
+        raise InputError(None, f"dataset meta.json holds an incompatible config: {exc.problem}") from None
+
 
 
 def read_crops(root: Path, boxes: np.ndarray, crop_size: int, progress: ProgressFn | None = None) -> np.ndarray:
@@ -114,11 +116,7 @@ def read_crops(root: Path, boxes: np.ndarray, crop_size: int, progress: Progress
     n = len(boxes)
     crops = np.empty((n, crop_size, crop_size, 3), dtype=np.uint8)
     for k in range(n):
-        path = layout.frame_path(root, k)
-        frame = cv2.imread(str(path))
-        if frame is None:
-            raise InputError(path, "cannot read dataset frame (missing or not a JPEG)")
-        crops[k] = geometry.crop(frame, boxes[k], crop_size)
+        crops[k] = geometry.crop(media.read_image(layout.frame_path(root, k)), boxes[k], crop_size)
         if progress:
             progress(k + 1, n)
     return crops
@@ -128,14 +126,12 @@ def load_frames(root: str | Path, size: int, margin: int, val_fraction: float,
                 geometry_cfg: GeometryConfig | None = None, progress: ProgressFn | None = None) -> CharacterFrames:
     """Read a prepared dataset directory (validated first) into memory for training.
 
-    `geometry_cfg` overrides the dataset's own geometry (the crop margin is always `margin`).
+    `geometry_cfg` overrides the dataset's own geometry; `margin` is the preset's crop margin.
     """
     root = Path(root)
     meta = layout.validate_dataset(root)
     audio_cfg, geometry_cfg_ds = dataset_configs(meta)
     geometry_cfg = geometry_cfg or geometry_cfg_ds
-    if geometry_cfg.crop_margin != margin:
-        geometry_cfg = replace(geometry_cfg, crop_margin=margin)
     n = int(meta["n_frames"])
     boxes = np.load(root / layout.BOXES_FILE)
     mel = np.load(root / layout.MEL_FILE)
@@ -161,18 +157,6 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 # --- stage 1: SyncNet pairs ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NegativeSampling:
-    """Where a negative pair's audio comes from (all frame distances in video frames)."""
-
-    min_shift: int = 5  # never closer than this: a mel window spans 5 frames, so no overlap
-    max_shift: int = 15  # "shifted" negatives are at min_shift..max_shift frames
-    # This share of negatives takes audio from anywhere >= min_shift away (Wav2Lip's "any other
-    # frame"); the rest is shifted by min_shift..max_shift. Measured on the Obama clip: training
-    # with far negatives only generalises best (held-out balanced accuracy 0.71-0.72 vs 0.63 at 0.5).
-    far_fraction: float = 1.0
 
 
 def negative_frame(k: int, frames: np.ndarray, rng: np.random.Generator, neg: NegativeSampling) -> int:

@@ -7,10 +7,19 @@ Columns (CSV header or JSON keys):
     output       optional  output URI (.mp4); default <output_root>/<id>.mp4
     start_frame  optional  int >= 0: first template frame of the bounce walk (default 0)
     crf          optional  int 0..51: H.264 quality of this item (default: the run's crf)
+    overwrite    optional  true/false (also yes/no, 1/0): replace a file at `output` that this job
+                           did not write (default false: such an item fails, the file stays)
 
 Relative paths in `character` and `audio` are resolved against the directory the catalog lies
 in (like a playlist), so a catalog and its media can move together; a relative `output` is
 resolved against the output root.
+
+Outputs are checked against each other and against the inputs, with URIs normalised first
+(`/r/a.mp4`, `file:///r/a.mp4`, `/r/x/../a.mp4` and `/r//a.mp4` are one file; local paths also
+through symlinks): two rows with one output, an output that is an input of any row (an audio
+file, a character bundle or a file inside one, the catalog itself), an output under the root's
+`_work/` or `_reports/`, and -- unless `allow_outputs_outside_root` -- an output outside the
+output root are catalog errors.
 
 Rows are the data records numbered from 1 in the order they appear: the CSV header and blank
 lines are not rows (in a spreadsheet, CSV row N is line N + 1). Every problem is an `InputError(catalog_uri,
@@ -22,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -32,12 +42,14 @@ from lipsync.errors import InputError
 from lipsync.io import storage
 
 REQUIRED_COLUMNS = ("id", "character", "audio")
-OPTIONAL_COLUMNS = ("output", "start_frame", "crf")
+OPTIONAL_COLUMNS = ("output", "start_frame", "crf", "overwrite")
 ALL_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 URI_COLUMNS = ("character", "audio", "output")
 OUTPUT_SUFFIX = ".mp4"
 MAX_ID_LENGTH = 128
 CRF_RANGE = (0, 51)  # libx264
+RESERVED_DIRS = ("_work", "_reports")  # the run's bookkeeping under the output root (plan.py, report.py)
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 # Word characters (any script), '.', '-'; must not start with '.' (hidden files, "..").
 _SAFE_ID = re.compile(r"^[^\W][\w.\-]*$")
 
@@ -53,9 +65,10 @@ class CatalogItem:
     start_frame: int = 0
     crf: int | None = None  # None: the run's default
     row: int = 0  # where it came from, for messages
+    overwrite: bool = False  # may replace a file at `output` that no earlier run of this job wrote
 
 
-def read_catalog(uri: str, output_root: str) -> list[CatalogItem]:
+def read_catalog(uri: str, output_root: str, *, allow_outputs_outside_root: bool = False) -> list[CatalogItem]:
     """Read and validate the catalog at `uri` (.csv or .jsonl/.ndjson)."""
     fmt = catalog_format(uri)
     if not storage.exists(uri):
@@ -64,7 +77,7 @@ def read_catalog(uri: str, output_root: str) -> list[CatalogItem]:
         text = storage.read_text(uri)
     except UnicodeDecodeError:
         raise InputError(uri, "catalog is not UTF-8 text") from None
-    return parse_catalog(text, fmt, uri, output_root)
+    return parse_catalog(text, fmt, uri, output_root, allow_outputs_outside_root=allow_outputs_outside_root)
 
 
 def catalog_format(uri: str) -> str:
@@ -77,7 +90,8 @@ def catalog_format(uri: str) -> str:
     raise InputError(uri, f"unknown catalog format {suffix or '(no extension)'!r}: use .csv or .jsonl")
 
 
-def parse_catalog(text: str, fmt: str, source: str, output_root: str) -> list[CatalogItem]:
+def parse_catalog(text: str, fmt: str, source: str, output_root: str, *,
+                  allow_outputs_outside_root: bool = False) -> list[CatalogItem]:
     """Parse catalog `text` ("csv" | "jsonl"); `source` is its URI (messages, relative paths)."""
     rows = _csv_rows(text, source) if fmt == "csv" else _jsonl_rows(text, source)
     if not rows:
@@ -85,6 +99,7 @@ def parse_catalog(text: str, fmt: str, source: str, output_root: str) -> list[Ca
     base = _parent(source)
     items = [_to_item(row_no, raw, source, base, output_root) for row_no, raw in rows]
     _check_unique(items, source)
+    _check_outputs(items, source, output_root, allow_outputs_outside_root)
     return items
 
 
@@ -169,6 +184,7 @@ def _to_item(row_no: int, raw: dict[str, Any], source: str, base: str, output_ro
         raise bad(f"output {output!r} must end with {OUTPUT_SUFFIX}")
     start_frame = _int_cell(raw, "start_frame", bad, minimum=0)
     crf = _int_cell(raw, "crf", bad, minimum=CRF_RANGE[0], maximum=CRF_RANGE[1])
+    overwrite = _bool_cell(raw, "overwrite", bad)
     return CatalogItem(
         id=item_id,
         character=resolve_uri(raw["character"].strip(), base),
@@ -177,6 +193,7 @@ def _to_item(row_no: int, raw: dict[str, Any], source: str, base: str, output_ro
         start_frame=0 if start_frame is None else start_frame,
         crf=crf,
         row=row_no,
+        overwrite=overwrite,
     )
 
 
@@ -212,6 +229,18 @@ def _int_cell(raw: dict[str, Any], col: str, bad, minimum: int, maximum: int | N
     return number
 
 
+def _bool_cell(raw: dict[str, Any], col: str, bad) -> bool:
+    if col not in raw:
+        return False
+    value = raw[col]
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise bad(f"{col} must be true or false, got {value!r}")
+
+
 def _check_unique(items: list[CatalogItem], source: str) -> None:
     first_id: dict[str, CatalogItem] = {}
     first_output: dict[str, CatalogItem] = {}
@@ -219,12 +248,43 @@ def _check_unique(items: list[CatalogItem], source: str) -> None:
         if item.id in first_id:
             raise InputError(source, f"row {item.row}: duplicate id {item.id!r} (first on row {first_id[item.id].row})")
         first_id[item.id] = item
-        key = _normalised(item.output)
+        key = normalise_uri(item.output)
         if key in first_output:
             other = first_output[key]
             raise InputError(source, f"row {item.row}: duplicate output {item.output!r} "
                                      f"(also the output of row {other.row}, id {other.id!r})")
         first_output[key] = item
+
+
+def _check_outputs(items: list[CatalogItem], source: str, output_root: str, allow_outside_root: bool) -> None:
+    """No output may replace an input, the catalog or the run's bookkeeping, or leave the root."""
+    inputs: dict[str, tuple[str, CatalogItem]] = {}
+    for item in items:
+        inputs.setdefault(normalise_uri(item.audio), ("audio", item))
+        inputs.setdefault(normalise_uri(item.character), ("character bundle", item))
+    bundles = {normalise_uri(i.character): i for i in items}
+    catalog, root = normalise_uri(source), normalise_uri(output_root)
+    for item in items:
+        out = normalise_uri(item.output)
+
+        def bad(problem: str) -> InputError:
+            return InputError(source, f"row {item.row}: output {item.output!r} {problem}")
+
+        if out == catalog:
+            raise bad("is the catalog itself")
+        if out in inputs:
+            kind, other = inputs[out]
+            raise bad(f"is the {kind} of row {other.row} (id {other.id!r}): an output must not replace an input")
+        for bundle, other in bundles.items():
+            if is_within(out, bundle):
+                raise bad(f"lies inside the character bundle of row {other.row} (id {other.id!r})")
+        relative = relative_to(out, root)
+        if relative is None:
+            if not allow_outside_root:
+                raise bad(f"is outside the output root {output_root!r} (set allow_outputs_outside_root "
+                          f"to write there)")
+        elif relative.split("/", 1)[0] in RESERVED_DIRS:
+            raise bad(f"lies in the run's bookkeeping directory {relative.split('/', 1)[0]}/ of the output root")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,8 +316,40 @@ def resolve_uri(uri: str, base: str) -> str:
     return posixpath.normpath(posixpath.join(base, uri))
 
 
-def _normalised(uri: str) -> str:
-    if _has_scheme(uri):
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme.lower()}://{posixpath.normpath(rest)}"
-    return posixpath.normpath(posixpath.abspath(uri))
+_LOCAL_SCHEMES = ("", "file", "local")
+_SCHEME_ALIASES = {"s3a": "s3"}
+
+
+def normalise_uri(uri: str) -> str:
+    """One spelling per location, for comparing URIs (never for opening them).
+
+    Local paths and file:// URIs become `file://<absolute path>` with symlinks, `.`, `..` and
+    repeated slashes resolved (os.path.realpath); other URIs keep their scheme (lower case, s3a
+    = s3) and bucket, and their key is normalised the same way (`a//b`, `a/./b`, `a/x/../b` are
+    `a/b`: object stores would keep them apart, but writing one while reading the other is
+    never what a catalog means). A trailing slash is dropped.
+    """
+    text = str(uri).strip()
+    scheme, rest = ("", text)
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        scheme = scheme.lower()
+    if scheme in _LOCAL_SCHEMES:
+        return "file://" + os.path.realpath(rest or ".")
+    bucket, _, key = rest.partition("/")
+    key = posixpath.normpath("/" + key).lstrip("/") if key else ""
+    if key.startswith("/"):  # normpath keeps a leading "//"
+        key = key.lstrip("/")
+    scheme = _SCHEME_ALIASES.get(scheme, scheme)
+    return f"{scheme}://{bucket}/{key}" if key and key != "." else f"{scheme}://{bucket}"
+
+
+def relative_to(uri: str, root: str) -> str | None:
+    """`uri`'s path below `root` ("a/b.mp4"), both normalised; None when it is not below root."""
+    prefix = root if root.endswith("/") else root + "/"  # "file:///" is the one root ending in "/"
+    return uri[len(prefix):] if uri.startswith(prefix) and len(uri) > len(prefix) else None
+
+
+def is_within(uri: str, directory: str) -> bool:
+    """`uri` (normalised) lies inside `directory` (normalised), not equal to it."""
+    return relative_to(uri, directory) is not None

@@ -6,6 +6,7 @@ segment, rendered anywhere (render_segment is a pure function of the frame range
     <output_root>/_work/<run_key>/<item id>/feats.npy         (N, 512) float32 audio features
     <output_root>/_work/<run_key>/<item id>/input.json        the item's input key (below)
     <output_root>/_work/<run_key>/<item id>/seg_<shard:05d>.mp4
+    <output_root>/_work/<run_key>/<item id>/output.json       what the stitch published (below)
 
 `run_key` hashes the settings that change how a segment is cut and encoded (shard size, x264
 preset, pixel format), so segments of an earlier, interrupted run with the same settings
@@ -15,6 +16,15 @@ are found again and reused. `input.json` guards the rest: when an item's input k
 The input key (also stored in the manifest, see report.py) is what makes a finished output
 reusable: sha256 of the audio bytes, the character bundle's version, the render parameters that
 change pixels, and the output URI.
+
+Outputs are never replaced by accident (see `output_state`). A file at an item's output counts
+as this job's own when the manifest entry of that item (or, after a crash between publishing and
+the manifest write, the item's `output.json`, written just before the publish) names the same
+output URI and the file still has the recorded size and sha256 (entries written before sizes
+and hashes were recorded: the recorded frame count). An item is skipped only when its output is
+its own in that sense *and* the input key is equal. A file that is not its own (another tool's,
+a hand-edited one, another row's from an earlier catalog) fails the item with a one-line reason
+and stays as it is, unless the row's `overwrite` column or the run's overwrite allows replacing it.
 """
 
 from __future__ import annotations
@@ -30,13 +40,15 @@ from typing import Any, Callable
 import numpy as np
 
 from lipsync.config import DubConfig, RenderConfig
-from lipsync.dub.catalog import CatalogItem
+from lipsync.dub.catalog import CatalogItem, normalise_uri
 from lipsync.errors import InputError
-from lipsync.io import storage
+from lipsync.io import media, storage
 
 WORK_DIR = "_work"
 FEATS_FILE = "feats.npy"
 INPUT_FILE = "input.json"
+PUBLISH_RECORD_FILE = "output.json"
+HASH_CHUNK = 1 << 20
 KEY_FORMAT = 1  # bump when the meaning of a key changes, so old outputs are re-rendered
 
 
@@ -156,20 +168,92 @@ class ItemPlan:
     feats: str = ""  # URI of feats.npy
     shards: list[Shard] = field(default_factory=list)
     seconds: float = 0.0  # time spent planning
+    existing: str = "absent"  # what was at the output when planned: absent | own | changed | foreign
+    overwrite: bool = False  # the row or the run allows replacing a file that is not this job's
+    record: dict[str, Any] | None = None  # skipped: a manifest entry to (re)write (from output.json)
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs: whose file is at the output URI?
+
+
+def output_state(output: str, entry: dict[str, Any] | None) -> str:
+    """"absent", "own" (the file `entry` recorded), "changed" (entry names this output but the file
+    differs from it) or "foreign" (no entry for this output)."""
+    if not storage.exists(output):
+        return "absent"
+    if entry is None or normalise_uri(str(entry.get("output", ""))) != normalise_uri(output):
+        return "foreign"
+    return "own" if matches_record(output, entry) else "changed"
+
+
+def matches_record(uri: str, entry: dict[str, Any]) -> bool:
+    """The file at `uri` is the one `entry` describes: its size and sha256 when recorded, else its
+    video frame count (entries from before hashes were recorded)."""
+    if "sha256" in entry and "size" in entry:
+        fs, path = storage.filesystem(uri)
+        return fs.size(path) == entry["size"] and uri_sha256(uri) == entry["sha256"]
+    try:
+        with storage.local_copy(uri) as local:
+            return media.count_video_frames(local) == int(entry.get("frames", -1))
+    except InputError:  # not a readable video any more
+        return False
+
+
+def uri_sha256(uri: str) -> str:
+    """sha256 of the bytes at `uri`, streamed (no local copy of a remote file)."""
+    h = hashlib.sha256()
+    with storage.open_uri(uri, "rb") as f:
+        for block in iter(lambda: f.read(HASH_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_publish_record(work: str) -> dict[str, Any] | None:
+    """The item's output.json (what its last stitch published), or None when absent/unreadable."""
+    uri = storage.join(work, PUBLISH_RECORD_FILE)
+    if not storage.exists(uri):
+        return None
+    try:
+        record = storage.read_json(uri)
+    except ValueError:  # corrupt (a storage error propagates: retried, never read as "no record")
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def refuse_output(output: str, state: str) -> InputError:
+    why = ("differs from the file this job published there (size/sha256 changed since)" if state == "changed"
+           else "exists and was not written by this job (no manifest entry of this item for it)")
+    return InputError(output, f"output {why}; it is left as it is: set the row's overwrite column or "
+                              f"the run's overwrite to replace it")
 
 
 def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, characters: LruCache,
-              manifest_entry: dict[str, Any] | None) -> ItemPlan:
-    """Plan `item`; raises InputError (bad audio, bad bundle) for the caller to record as failed.
+              manifest_entry: dict[str, Any] | None, overwrite: bool = False) -> ItemPlan:
+    """Plan `item`; raises InputError (bad audio, bad bundle, an output that is not this job's)
+    for the caller to record as failed.
 
-    Steps: (1) fetch the audio and hash it, (2) load the character (cached) for its version and
-    audio encoder, (3) skip when the output and an equal manifest key exist, (4) decode and
+    Steps: (0) whose file is at the output (refused unless own or overwrite), (1) fetch the
+    audio and hash it, (2) load the character (cached) for its version and audio encoder,
+    (3) skip when the output is this job's own and the manifest key is equal, (4) decode and
     validate the audio, (5) reset a stale work prefix, (6) compute and store the features,
     (7) cut shards.
     """
     from lipsync.render import audio_features, load_audio
 
     started = time.perf_counter()
+    work = work_prefix(output_root, run, item.id)
+    overwrite = overwrite or item.overwrite
+    # 0. the output: this job's own (manifest entry, else the record of a publish whose manifest
+    #    write a crash cut off), absent, or someone else's file
+    entry, adopted = manifest_entry, False
+    if entry is None or normalise_uri(str(entry.get("output", ""))) != normalise_uri(item.output):
+        record = read_publish_record(work)
+        if record is not None and normalise_uri(str(record.get("output", ""))) == normalise_uri(item.output):
+            entry, adopted = record, True
+    existing = output_state(item.output, entry)
+    if existing in ("changed", "foreign") and not overwrite:
+        raise refuse_output(item.output, existing)
     # 1. audio bytes
     if not storage.exists(item.audio):
         raise InputError(item.audio, "audio file not found")
@@ -178,10 +262,13 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
         # 2. character
         character = characters.get(item.character)
         key = input_key(item, audio_sha, character.version, cfg.render)
-        # 3. skip a finished item
-        if manifest_entry is not None and manifest_entry.get("key") == key and storage.exists(item.output):
-            return ItemPlan(item, "skipped", key, n_frames=int(manifest_entry.get("frames", 0)),
-                            seconds=time.perf_counter() - started)
+        # 3. skip a finished item (its own output, verified above, made from the same inputs)
+        if existing == "own" and entry is not None and entry.get("key") == key:
+            if not adopted and storage.exists(work):
+                remove_prefix(work)  # left by a run that died after its manifest write
+            return ItemPlan(item, "skipped", key, n_frames=int(entry.get("frames", 0)), work=work,
+                            seconds=time.perf_counter() - started, existing=existing,
+                            record=dict(entry) if adopted else None)
         # 4. decode + validate (empty, corrupt, too long -> InputError), named by the catalog's URI
         try:
             wav = load_audio(audio_path, cfg.render, character.audio.sample_rate)
@@ -189,7 +276,6 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
             raise InputError(item.audio, e.problem) from None
     duration = wav.size / character.audio.sample_rate
     # 5. a work prefix left by a run with other inputs holds segments of other pixels: drop it
-    work = work_prefix(output_root, run, item.id)
     reset_stale_work(work, key)
     # 6. features, shared with the render actors through storage
     feats = audio_features(character, wav, cfg.render.feature_batch_size)  # (N, 512)
@@ -199,7 +285,7 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
     # 7. shards
     shards = plan_shards(item.id, len(feats), cfg.shard_frames)
     return ItemPlan(item, "render", key, n_frames=len(feats), duration=duration, work=work, feats=feats_uri,
-                    shards=shards, seconds=time.perf_counter() - started)
+                    shards=shards, seconds=time.perf_counter() - started, existing=existing, overwrite=overwrite)
 
 
 def reset_stale_work(work: str, key: dict[str, Any]) -> None:
@@ -209,7 +295,7 @@ def reset_stale_work(work: str, key: dict[str, Any]) -> None:
         return
     try:
         same = storage.read_json(marker) == key
-    except (ValueError, OSError):
+    except ValueError:  # corrupt; a storage error propagates (retried) rather than deleting segments
         same = False
     if not same:
         remove_prefix(work)

@@ -1,7 +1,8 @@
 """Results of a dub run: per-item records, the manifest, the JSON report and the human summary.
 
-    <output_root>/_manifest.json            {"format": 1, "items": {id: entry}}: finished outputs and
-                                             the input key each was made from (skips re-runs)
+    <output_root>/_manifest.json            {"format": 1, "items": {id: entry}}: finished outputs, the
+                                             input key each was made from, its frames, size and sha256
+                                             (a re-run skips an item whose file still matches them)
     <output_root>/_reports/<timestamp>.json  one per run: settings, timings, every item's status
 
 Only the driver writes these files (the stitch tasks return their results to it), so there is
@@ -75,8 +76,14 @@ def read_manifest(output_root: str) -> dict[str, dict[str, Any]]:
     return data["items"]
 
 
-def manifest_entry(key: dict[str, Any], output: str, frames: int) -> dict[str, Any]:
-    return {"key": key, "output": output, "frames": frames, "finished_at": _now_iso()}
+def manifest_entry(key: dict[str, Any], output: str, frames: int, size: int | None = None,
+                   sha256: str | None = None) -> dict[str, Any]:
+    """What the manifest (and an item's output.json) records of a published output."""
+    entry: dict[str, Any] = {"key": key, "output": output, "frames": frames}
+    if size is not None and sha256:
+        entry.update(size=size, sha256=sha256)
+    entry["finished_at"] = _now_iso()
+    return entry
 
 
 def write_manifest(output_root: str, items: dict[str, dict[str, Any]]) -> None:

@@ -5,6 +5,9 @@ item's original audio file is muxed in as AAC (the original, not the 16 kHz copy
 heard, so the dub keeps the audio quality it was delivered in). The result is checked before it
 is published: exactly one video frame per 1/fps of audio (n = ceil(duration * fps)), an audio
 track, and a container duration within one video frame (+ one AAC frame of padding) of the audio. A failed check publishes nothing.
+
+The published file's size and sha256 are part of the result: the manifest records them, and a
+re-run skips the item only when the file at the output still has them (plan.output_state).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from lipsync.errors import MediaError
 from lipsync.io import media, storage
@@ -29,14 +33,19 @@ class StitchResult:
     frames: int
     duration: float  # seconds, of the published file
     seconds: float  # time spent stitching
+    size: int = 0  # bytes of the published file
+    sha256: str = ""  # of the published file
 
 
 def stitch_segments(segment_uris: list[str], audio_uri: str, out_uri: str, *, n_frames: int, audio_duration: float,
-                    settings: media.EncodeSettings) -> StitchResult:
+                    settings: media.EncodeSettings,
+                    before_publish: Callable[[StitchResult], None] | None = None) -> StitchResult:
     """Concatenate `segment_uris` (in this order) with `audio_uri` into `out_uri`, verified, atomically.
 
     Steps: (1) local copies of the segments and the audio, (2) concat -c copy + AAC into a temp
-    file, (3) verify frame count and duration, (4) publish (storage.atomic_file).
+    file, (3) verify frame count and duration, hash it, (4) `before_publish(result)` (the caller
+    records what is about to be published; raising there publishes nothing), (5) publish
+    (storage.atomic_file). The segments are only read, never deleted.
     """
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -51,8 +60,14 @@ def stitch_segments(segment_uris: list[str], audio_uri: str, out_uri: str, *, n_
             media.concat_segments(segments, tmp, audio=audio, settings=settings)
             # 3. verify (raising here leaves nothing at out_uri)
             duration = verify_output(tmp, n_frames, audio_duration, settings.fps)
-            # 4. publish on leaving the block
-    return StitchResult(out_uri, n_frames, duration, time.perf_counter() - started)
+            result = StitchResult(out_uri, n_frames, duration, 0.0, size=Path(tmp).stat().st_size,
+                                  sha256=storage.file_sha256(tmp))
+            # 4. the caller's record of the publish
+            if before_publish is not None:
+                before_publish(result)
+            # 5. publish on leaving the block
+    return StitchResult(out_uri, n_frames, duration, time.perf_counter() - started, size=result.size,
+                        sha256=result.sha256)
 
 
 def verify_output(path: str | Path, n_frames: int, audio_duration: float, fps: int) -> float:

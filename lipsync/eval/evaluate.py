@@ -29,42 +29,35 @@ import torch
 
 from lipsync.audio.features import context_range
 from lipsync.audio.mel import mel_windows, melspectrogram
-from lipsync.bundle import load_character
+from lipsync.bundle import Character, load_character
+from lipsync.config import ConfigError, EvalConfig, RenderConfig, TrainConfig, from_dict
 from lipsync.data import layout
 from lipsync.data.dataset import split_frames
-from lipsync.data.inputs import generator_input, to_chw, to_image
-from lipsync.device import resolve_device
+from lipsync.data.inputs import to_chw
 from lipsync.errors import InputError
 from lipsync.eval import metrics
 from lipsync.face import geometry
 from lipsync.face.landmarks import FaceMeshDetector
 from lipsync.io import media, storage
-from lipsync.render import audio_features
+from lipsync.render.paint import model_crop, model_input, paint, painted_frame, prepare_for_inference
+from lipsync.render.pipeline import audio_features
+from lipsync.runtime import resolve_device
 from lipsync.train.api import local_dataset
-from lipsync.train.config import TrainConfig
 
 ProgressFn = Callable[[int, int], None]
 
 EVAL_FORMAT = 1
 VARIANTS = ("generated", "shuffled", "template")
-_TRAIN_DEFAULTS = TrainConfig()
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    # Must match the character's training split (TrainConfig.val_fraction): these frames were never trained on.
-    held_out_fraction: float = _TRAIN_DEFAULTS.val_fraction
-    # The SyncNet's trained pairing: face k with the mel window of frame k + this (SyncPairs and the
-    # generator's sync loss pair face k with window k). Reported offsets are relative to it.
-    sync_audio_offset: int = 0
-    sync_max_offset: int = 10  # LSE offsets -10..+10 frames, as in the SyncNet evaluations
-    metric_crop_size: int = 320  # LMD and mouth metrics are measured in a crop of the face box at this size
-    mouth_pad: float = 0.06  # the mouth region is the real lips' bounding box grown by this * crop size per side
-    shuffle_shift: float = 0.5  # shuffled audio = the features rolled by this fraction of the clip
-    strip_frames: int = 4  # rows of the PNG strip (evenly spaced evaluated frames)
-    batch_size: int = 8  # generator forward batch
-    sync_batch_size: int = 32
-    device: str = "auto"
+class TrainingPairing:
+    """What the character was trained with, which eval must match: the held-out split and the
+    SyncNet's face/audio pairing (read from bundle.json train.config unless EvalConfig overrides)."""
+
+    held_out_fraction: float
+    sync_audio_offset: int
+    source: str  # "bundle", "override" or "defaults" (a bundle that records no training config)
 
 
 @dataclass
@@ -95,20 +88,39 @@ class _Reference:
 # steps
 
 
-def _check_inputs(dataset_uri: str | Path, max_frames: int | None, cfg: EvalConfig) -> tuple[Path, dict]:
+def _check_inputs(dataset_uri: str | Path, max_frames: int | None) -> tuple[Path, dict]:
     """A local copy of the (validated) dataset and its meta; bad options are InputErrors."""
     if max_frames is not None and max_frames < 1:
         raise InputError(None, f"--max-frames must be >= 1, got {max_frames}")
-    if cfg.strip_frames < 1 or cfg.batch_size < 1:
-        raise InputError(None, "strip_frames and batch_size must be >= 1")
     root = local_dataset(str(dataset_uri))
     return root, layout.validate_dataset(root)
 
 
-def held_out_frames(n_frames: int, n_audio_frames: int, cfg: EvalConfig, max_frames: int | None) -> np.ndarray:
+def training_pairing(character: Character, cfg: EvalConfig, uri: str) -> TrainingPairing:
+    """The held-out fraction and SyncNet pairing the character was trained with (bundle.json
+    train.config); EvalConfig values that are set override them."""
+    recorded = (character.train or {}).get("config")
+    if recorded:
+        try:
+            trained = from_dict(TrainConfig, recorded)
+        except ConfigError as exc:
+            raise InputError(uri, f"bundle records an unreadable training config ({exc.problem})") from None
+        source = "bundle"
+    else:
+        trained, source = TrainConfig(), "defaults"
+    fraction, offset = trained.val_fraction, trained.sync_audio_offset
+    if cfg.held_out_fraction is not None or cfg.sync_audio_offset is not None:
+        source = "override"
+        fraction = fraction if cfg.held_out_fraction is None else cfg.held_out_fraction
+        offset = offset if cfg.sync_audio_offset is None else cfg.sync_audio_offset
+    return TrainingPairing(held_out_fraction=fraction, sync_audio_offset=offset, source=source)
+
+
+def held_out_frames(n_frames: int, n_audio_frames: int, held_out_fraction: float, max_frames: int | None
+                    ) -> np.ndarray:
     """The training split's validation frames (the last ones) that have audio, the first `max_frames` of them."""
     try:
-        frames = split_frames(n_frames, cfg.held_out_fraction).val
+        frames = split_frames(n_frames, held_out_fraction).val
     except ValueError as exc:
         raise InputError(None, f"cannot hold out frames: {exc}") from exc
     frames = frames[frames < n_audio_frames]  # a video a few frames longer than its audio
@@ -116,38 +128,22 @@ def held_out_frames(n_frames: int, n_audio_frames: int, cfg: EvalConfig, max_fra
         frames = frames[:max_frames]
     if frames.size == 0:
         raise InputError(None, f"no held-out frames to evaluate ({n_frames} frames, "
-                               f"held_out_fraction={cfg.held_out_fraction})")
+                               f"held_out_fraction={held_out_fraction})")
     return frames
 
 
-def _paint(character, inputs: list[np.ndarray], audio: np.ndarray) -> np.ndarray:
-    """Generator forward: inputs B x (6, S, S), audio (B, *context_shape) -> (B, 3, S, S) float32."""
-    device = next(character.generator.parameters()).device
-    x = torch.from_numpy(np.stack(inputs)).to(device)
-    a = torch.from_numpy(audio).to(device)
-    with torch.inference_mode():
-        return character.generator(x, a).float().cpu().numpy()
-
-
-def _generated_frames(character, frames: list[np.ndarray], boxes: list[np.ndarray], audio: np.ndarray
-                      ) -> list[np.ndarray]:
-    """Real frames as their own templates: crop, mask, paint the mouth for `audio`, paste back."""
-    m, s = character.margin, character.size
-    crops = [geometry.crop(f, b, character.crop_size) for f, b in zip(frames, boxes)]
-    inputs = [generator_input(geometry.inner(c, m), geometry.inner(c, m), character.geometry) for c in crops]
-    outputs = _paint(character, inputs, audio)
+def _generated_frames(character: Character, frames: list[np.ndarray], boxes: list[np.ndarray], audio: np.ndarray,
+                      render_cfg: RenderConfig) -> list[np.ndarray]:
+    """Real frames as their own templates, painted for `audio` exactly as render paints a template
+    (a non-finite output leaves the frame unchanged, as in a dub)."""
+    crops = [model_crop(character, f, b) for f, b in zip(frames, boxes)]
+    inputs = np.stack([model_input(character, face) for _, face in crops])
+    outputs = paint(character, inputs, audio, render_cfg)
     result = []
-    for frame, box, crop_full, out in zip(frames, boxes, crops, outputs):
-        crop_full[m:m + s, m:m + s] = to_image(out)
-        result.append(geometry.paste_back(frame, box, crop_full, character.geometry))
+    for frame, box, (crop_full, _), out in zip(frames, boxes, crops, outputs):
+        painted = painted_frame(character, frame, box, crop_full, out)
+        result.append(frame if painted is None else painted)
     return result
-
-
-def _read_frame(path: Path) -> np.ndarray:
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise InputError(path, "frame is missing or unreadable")
-    return frame
 
 
 def _reference(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cfg: EvalConfig) -> _Reference:
@@ -156,9 +152,9 @@ def _reference(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cfg: E
     return _Reference(frame=frame, box=box, metric_crop=geometry.crop(frame, box, size), mouth=mouth)
 
 
-def _view(character, frame: np.ndarray, box) -> np.ndarray:
+def _view(character: Character, frame: np.ndarray, box) -> np.ndarray:
     """The (S, S, 3) model view of `frame` at `box`: what the SyncNet and the generator see."""
-    return geometry.inner(geometry.crop(frame, box, character.crop_size), character.margin).copy()
+    return model_crop(character, frame, box)[1].copy()
 
 
 def _observe(variant: _Variant, character, frame: np.ndarray, box, cfg: EvalConfig) -> np.ndarray:
@@ -181,7 +177,7 @@ def _compare(variant: _Variant, character, frame: np.ndarray, box, ref: _Referen
 
 
 def _sync(character, views: list[np.ndarray], frames: np.ndarray, mel: np.ndarray, n_audio: int,
-          cfg: EvalConfig, roll: int = 0) -> dict | None:
+          cfg: EvalConfig, audio_offset: int, roll: int = 0) -> dict | None:
     """LSE of model views against the clip's audio (rolled by `roll` frames: the shuffled variant's own audio)."""
     if character.syncnet is None:
         return None
@@ -193,7 +189,7 @@ def _sync(character, views: list[np.ndarray], frames: np.ndarray, mel: np.ndarra
         return mel_windows(mel, hi - lo + 1, character.audio, start=lo)[source - lo]
 
     score = metrics.sync_score(character.syncnet, faces, frames, windows_of, n_audio, max_offset=cfg.sync_max_offset,
-                               audio_offset=cfg.sync_audio_offset, batch_size=cfg.sync_batch_size)
+                               audio_offset=audio_offset, batch_size=cfg.sync_batch_size)
     return score.as_dict()
 
 
@@ -237,7 +233,8 @@ def _json_safe(value):
 
 
 def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_png: str | None = None,
-             max_frames: int | None = None, *, cfg: EvalConfig = EvalConfig(), character=None,
+             max_frames: int | None = None, *, cfg: EvalConfig = EvalConfig(),
+             render_cfg: RenderConfig = RenderConfig(), character: Character | None = None,
              progress: ProgressFn | None = None) -> dict:
     """Evaluate the character at `character_uri` on the held-out frames of `dataset_dir` (path or URI).
 
@@ -246,21 +243,24 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
     """
     started = time.perf_counter()
     # 1. check inputs, load the character and the dataset's arrays
-    root, meta = _check_inputs(dataset_dir, max_frames, cfg)
+    root, meta = _check_inputs(dataset_dir, max_frames)
     if character is None:
         character = load_character(character_uri, device=resolve_device(cfg.device))
+        prepare_for_inference(character, render_cfg)
+    pairing = training_pairing(character, cfg, str(character_uri))
+    offset = pairing.sync_audio_offset
     boxes = np.load(root / layout.BOXES_FILE)
     landmarks = np.load(root / layout.LANDMARKS_FILE)
     n_frames = int(meta["n_frames"])
 
     # 2. the clip's audio: features for the generator (own and shuffled) and mel for the SyncNet
     wav = media.read_audio(root / layout.AUDIO_FILE, character.audio.sample_rate)
-    feats = audio_features(character, wav)  # (N_audio, 512)
+    feats = audio_features(character, wav, render_cfg.feature_batch_size)  # (N_audio, 512)
     n_audio = len(feats)
     roll = int(round(n_audio * cfg.shuffle_shift))
     shuffled_feats = np.roll(feats, roll, axis=0)  # frame j gets the audio of frame j - roll
     mel = melspectrogram(wav, character.audio)
-    frames = held_out_frames(n_frames, n_audio, cfg, max_frames)
+    frames = held_out_frames(n_frames, n_audio, pairing.held_out_fraction, max_frames)
     strip_at = set(np.unique(np.linspace(0, len(frames) - 1, cfg.strip_frames).round().astype(int)).tolist())
 
     # 3. render and measure, batch by batch; one landmark tracker per variant (frames are in order)
@@ -272,14 +272,14 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
                     "template": _Variant("template", d_tmpl)}
         for lo in range(0, len(frames), cfg.batch_size):
             ks = frames[lo:lo + cfg.batch_size]
-            real_frames = [_read_frame(layout.frame_path(root, int(k))) for k in ks]
+            real_frames = [media.read_image(layout.frame_path(root, int(k))) for k in ks]
             real_boxes = [boxes[k] for k in ks]
             a, b = int(ks[0]), int(ks[-1]) + 1  # held-out frames are contiguous
             outputs = {
                 "generated": _generated_frames(character, real_frames, real_boxes,
-                                               context_range(feats, a, b, character.audio)),
+                                               context_range(feats, a, b, character.audio), render_cfg),
                 "shuffled": _generated_frames(character, real_frames, real_boxes,
-                                              context_range(shuffled_feats, a, b, character.audio)),
+                                              context_range(shuffled_feats, a, b, character.audio), render_cfg),
             }
             for i, k in enumerate(ks):
                 j = lo + i  # position in the held-out sequence = the output frame index of a dub from frame 0
@@ -289,7 +289,7 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
                 for name in ("generated", "shuffled"):
                     crops.append(_compare(variants[name], character, outputs[name][i], ref.box, ref, cfg))
                 t = geometry.bounce(j, character.n_templates)
-                _compare(variants["template"], character, _read_frame(character.template_path(t)),
+                _compare(variants["template"], character, media.read_image(character.template_path(t)),
                          character.boxes[t], ref, cfg)
                 if j in strip_at:
                     strip_rows.append(crops)
@@ -299,10 +299,11 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
     # 4. sync scores against the clip's real audio
     report = {name: _summary(v, real) for name, v in variants.items()}
     for name, v in variants.items():
-        report[name]["sync"] = _sync(character, v.views, frames, mel, n_audio, cfg)
+        report[name]["sync"] = _sync(character, v.views, frames, mel, n_audio, cfg, offset)
     report["shuffled"]["sync_own_audio"] = _sync(character, variants["shuffled"].views, frames, mel, n_audio, cfg,
+                                                 offset,
                                                  roll=roll)
-    report["real"] = {"sync": _sync(character, real.views, frames, mel, n_audio, cfg),
+    report["real"] = {"sync": _sync(character, real.views, frames, mel, n_audio, cfg, offset),
                       "lips_found": sum(p is not None for p in real.lips)}
 
     # 5. write the JSON (and the strip)
@@ -311,7 +312,9 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
         "character": {"uri": str(character_uri), "name": character.name, "preset": character.preset,
                       "version": character.version},
         "dataset": {"uri": str(dataset_dir), "name": meta.get("name"), "n_frames": n_frames, "audio_frames": n_audio},
-        "frames": {"evaluated": len(frames), "first": int(frames[0]), "last": int(frames[-1])},
+        "frames": {"evaluated": len(frames), "first": int(frames[0]), "last": int(frames[-1]),
+                   "held_out_fraction": pairing.held_out_fraction},
+        "pairing": asdict(pairing),
         "settings": {**asdict(cfg), "sync_distance": "1 - cosine similarity of the SyncNet embeddings",
                      "shuffle_roll_frames": roll, "syncnet": character.syncnet is not None},
         "metrics": report,

@@ -2,8 +2,8 @@
 
 Conventions (docs/ARCHITECTURE.md): images are (H, W, 3) uint8 BGR; landmarks are float32 (P, 2)
 pixel (x, y) with P = 468 for Face Mesh; a box is (x0, y0, x1, y1) ints, square, and may extend
-past the frame. The model crop is (S + 2m)^2 with m = GeometryConfig.crop_margin; the model sees the
-inner S x S. See docs/GEOMETRY.md for the landmark choice and measured box sizes.
+past the frame. The model crop is (S + 2m)^2 with m = the model preset's crop_margin
+(configs/models.yaml); the model sees the inner S x S. See docs/GEOMETRY.md for the landmark choice and measured box sizes.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import ffmpeg
 import numpy as np
 
@@ -194,25 +195,112 @@ def _read_exact(stream, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """Decode any audio ffmpeg reads (or a video's audio track) to mono float32 at `sample_rate`."""
-    src = _check_input_file(path)
-    info = probe(src)
-    if not info.has_audio:
-        raise InputError(src, "has no audio track")
-    args = (
+AUDIO_CHUNK_SAMPLES = 1 << 19  # ~33 s at 16 kHz (2 MiB of float32) per pipe read
+_PREALLOC_MAX_SAMPLES = 1 << 27  # 512 MiB of float32 reserved up front at most (then grown)
+
+
+def _audio_args(src: str, sample_rate: int) -> list[str]:
+    return (
         ffmpeg.input(src)
         .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, vn=None, sn=None)
         .global_args("-hide_banner", "-nostdin", "-loglevel", "error")
         .compile(cmd=ffmpeg_exe())
     )
-    proc = _run(args, src, "audio decoding failed")
-    wav = np.frombuffer(proc.stdout, np.float32).copy()
-    if wav.size == 0:
-        raise InputError(src, "audio track is empty (zero length)")
-    if not np.isfinite(wav).all():
-        raise InputError(src, "audio contains non-finite samples")
-    return wav
+
+
+def iter_audio(path: str | Path, sample_rate: int = 16000, *, chunk_samples: int = AUDIO_CHUNK_SAMPLES,
+               max_samples: int | None = None, info: MediaInfo | None = None) -> Iterator[np.ndarray]:
+    """Stream any audio ffmpeg reads as mono float32 chunks at `sample_rate`, through a pipe.
+
+    Every chunk holds `chunk_samples` samples except the last (memory is one chunk, whatever the
+    length of the file). With `max_samples`, decoding stops once more than `max_samples` samples
+    came out: the chunks then hold exactly max_samples + 1 samples in total, which tells the
+    caller the audio is too long without decoding the rest. Closing the generator early kills
+    ffmpeg. InputError: no audio track, empty track, non-finite samples; MediaError: ffmpeg failed.
+    """
+    if chunk_samples < 1:
+        raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
+    src = _check_input_file(path)
+    info = info or probe(src)
+    if not info.has_audio:
+        raise InputError(src, "has no audio track")
+    limit = None if max_samples is None else max_samples + 1
+    proc = subprocess.Popen(_audio_args(src, sample_rate), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    drain = _StderrDrain(proc.stderr)
+    total = 0
+    try:
+        while limit is None or total < limit:
+            want = chunk_samples if limit is None else min(chunk_samples, limit - total)
+            chunk = np.empty(want, np.float32)
+            got = _read_into(proc.stdout, memoryview(chunk).cast("B"))
+            n = got // 4  # a partial trailing sample (never written by ffmpeg) is dropped
+            if n == 0:
+                break
+            chunk = chunk[:n]
+            if not np.isfinite(chunk).all():
+                raise InputError(src, "audio contains non-finite samples")
+            total += n
+            yield chunk
+            if got < want * 4:
+                break  # end of stream
+        if limit is not None and total >= limit:
+            return  # too long: the finally clause stops ffmpeg
+        if proc.wait() != 0:
+            raise MediaError(src, "audio decoding failed", drain.tail())
+        if total == 0:
+            raise InputError(src, "audio track is empty (zero length)")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.wait()
+
+
+def _read_into(stream, buf: memoryview) -> int:
+    """Fill `buf` from `stream`; returns the bytes read (less than len(buf) only at end of stream)."""
+    got = 0
+    while got < len(buf):
+        n = stream.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def read_audio(path: str | Path, sample_rate: int = 16000, *, max_samples: int | None = None,
+               info: MediaInfo | None = None) -> np.ndarray:
+    """Decode any audio ffmpeg reads (or a video's audio track) to mono float32 at `sample_rate`.
+
+    The samples are read from ffmpeg in chunks straight into one array sized from the probed
+    duration, so decoding holds one copy of the result (4 bytes per sample), not the pipe's
+    bytes plus a copy. `max_samples` as in `iter_audio`: at most max_samples + 1 samples are
+    decoded, so a result longer than `max_samples` means "too long".
+    """
+    src = _check_input_file(path)
+    info = info or probe(src)
+    expected = int(info.duration * sample_rate) + sample_rate  # headers may be a little short
+    if max_samples is not None:
+        expected = min(expected, max_samples + 1)
+    expected = min(expected, _PREALLOC_MAX_SAMPLES)  # a header cannot make us reserve more
+    wav = np.empty(max(expected, 1), np.float32)
+    n = 0
+    for chunk in iter_audio(src, sample_rate, max_samples=max_samples, info=info):
+        if n + chunk.size > wav.size:  # the header under-stated the duration: grow geometrically
+            wav = _grown(wav, n, max(n + chunk.size, wav.size + wav.size // 2))
+        wav[n:n + chunk.size] = chunk
+        n += chunk.size
+    return _grown(wav, n, n)
+
+
+def _grown(wav: np.ndarray, used: int, size: int) -> np.ndarray:
+    """`wav[:used]` in an array of `size` samples (in place when the array owns its memory)."""
+    try:
+        wav.resize(size, refcheck=False)
+        return wav
+    except ValueError:
+        out = np.empty(size, np.float32)
+        out[:used] = wav[:used]
+        return out
 
 
 def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int = 16000) -> None:
@@ -315,7 +403,13 @@ def concat_segments(segments: Sequence[str | Path], out: str | Path, audio: str 
         raise ValueError("no segments to concatenate")
     out = Path(out)
     listing = out.with_name(out.name + ".concat.txt")
-    listing.write_text("".join(f"file '{Path(s).resolve().as_posix()}'\n" for s in segments))
+    if any("\n" in str(s) or "\r" in str(s) for s in segments):
+        raise ValueError("segment paths must not contain line breaks (ffmpeg concat lists are line based)")
+
+    def quoted(path: str) -> str:  # the concat demuxer's quoting: ' is written as '\''
+        return "'" + path.replace("'", "'\\''") + "'"
+
+    listing.write_text("".join(f"file {quoted(Path(s).resolve().as_posix())}\n" for s in segments))
     try:
         video = ffmpeg.input(str(listing), format="concat", safe=0)
         if audio is not None:
@@ -343,3 +437,11 @@ def count_video_frames(path: str | Path) -> int:
     proc = _run(args, src, "counting frames failed")
     found = _FRAME_RE.findall(proc.stderr)
     return int(found[-1]) if found else 0
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A still image (dataset and template JPEGs) as uint8 BGR (H, W, 3); InputError when unreadable."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(path, "image is missing or unreadable (not a JPEG/PNG)")
+    return image

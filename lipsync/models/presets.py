@@ -28,9 +28,9 @@ class ModelPreset:
     """Everything a preset fixes: both architectures and the crop geometry around the model."""
 
     name: str
+    crop_margin: int  # the crop is (S + 2m)^2, the model sees crop[m:m+S, m:m+S]; set only in models.yaml
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     syncnet: SyncNetConfig = field(default_factory=SyncNetConfig)
-    crop_margin: int = 4  # the crop is (S + 2m)^2, the model sees crop[m:m+S, m:m+S]
 
     @property
     def size(self) -> int:

@@ -14,23 +14,22 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
 import torch
 
 from lipsync.audio.features import context_range, encode_frames
 from lipsync.audio.mel import mel_windows, melspectrogram, num_video_frames
+from lipsync.bundle import Character, load_character
 from lipsync.config import RenderConfig
-from lipsync.data.inputs import generator_input, to_image
-from lipsync.device import autocast_dtype
-from lipsync.errors import InputError
+from lipsync.errors import InputError, OutputExistsError
 from lipsync.face import geometry
-from lipsync.io import media
+from lipsync.io import media, storage
+from lipsync.render.paint import model_crop, model_input, paint, painted_frame, prepare_for_inference
+from lipsync.runtime import resolve_device
 
 ProgressFn = Callable[[int, int], None]
 
@@ -44,10 +43,6 @@ class SegmentStats:
     nonfinite: int = 0  # model outputs with NaN/inf: the template frame is written instead
     seconds: float = 0.0
     model_seconds: float = 0.0
-
-    def add(self, other: "SegmentStats") -> None:
-        for name in ("frames", "no_face", "nonfinite", "seconds", "model_seconds"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
@@ -77,39 +72,71 @@ _END = object()
 
 
 def load_audio(audio_path: str | Path, cfg: RenderConfig, sample_rate: int) -> np.ndarray:
-    """Decode and validate the audio: empty, corrupt, non-audio and too-long inputs are InputErrors."""
-    wav = media.read_audio(audio_path, sample_rate)
-    duration = wav.size / sample_rate
-    if duration > cfg.max_audio_seconds:
-        raise InputError(audio_path, f"audio is {duration:.0f} s long; the maximum is {cfg.max_audio_seconds:.0f} s "
-                                     "(raise max_audio_seconds to allow it)")
+    """Decode and validate the audio: empty, corrupt, non-audio and too-long inputs are InputErrors.
+
+    Too long is refused before decoding when the container's duration says so, and otherwise
+    while decoding: at most max_audio_seconds (+1 sample) is ever decoded, in bounded chunks
+    into one float32 array (see media.read_audio).
+    """
+    info = media.probe(audio_path)
+    if not info.has_audio:
+        raise InputError(audio_path, "has no audio track")
+    limit = cfg.max_audio_seconds
+    hint = "(raise max_audio_seconds to allow it)"
+    # header durations are approximate: allow half a second, the decoded length decides exactly
+    if info.duration > limit + 0.5:
+        raise InputError(audio_path, f"audio is {info.duration:.0f} s long; the maximum is {limit:.0f} s {hint}")
+    max_samples = int(limit * sample_rate)
+    wav = media.read_audio(audio_path, sample_rate, max_samples=max_samples, info=info)
+    if wav.size > max_samples:
+        raise InputError(audio_path, f"audio is longer than {limit:.0f} s; the maximum is {limit:.0f} s {hint}")
     if wav.size < sample_rate / 25:  # less than one video frame
         raise InputError(audio_path, "audio is shorter than one video frame (40 ms)")
     return wav
 
 
-def audio_features(character, wav: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Per-output-frame AudioEncoder features (N, 512), N = ceil(duration * fps), computed in chunks."""
+AUDIO_CHUNK_SAMPLES = 1 << 19  # samples per MelStream push in audio_features (~33 s at 16 kHz)
+
+
+def audio_features(character: Character, wav, batch_size: int = 64) -> np.ndarray:
+    """Per-output-frame AudioEncoder features (N, 512), N = ceil(duration * fps), computed in chunks.
+
+    `wav` is a float32 mono array or an iterable of such chunks (e.g. media.iter_audio). The mel
+    and the encoder run chunk by chunk (lipsync.audio.iter_features), so besides the result only
+    bounded blocks are held; for an array the result is allocated once, N known in advance.
+    """
+    from lipsync.audio.features import iter_features
+
     cfg = character.audio
-    mel = melspectrogram(wav, cfg)
-    n = num_video_frames(wav.size, cfg)
     device = next(character.audio_encoder.parameters()).device
-    chunks = []
-    for lo in range(0, n, FEATURE_CHUNK_FRAMES):
-        hi = min(n, lo + FEATURE_CHUNK_FRAMES)
-        chunks.append(encode_frames(character.audio_encoder, mel_windows(mel, hi - lo, cfg, start=lo),
-                                    batch_size=batch_size, device=device))
-    return np.concatenate(chunks) if chunks else np.zeros((0, cfg.feature_dim), np.float32)
+    if isinstance(wav, np.ndarray):
+        if wav.ndim != 1 or wav.size == 0:
+            raise ValueError(f"expected non-empty mono audio of shape (n_samples,), got {wav.shape}")
+        chunks = (wav[i:i + AUDIO_CHUNK_SAMPLES] for i in range(0, wav.size, AUDIO_CHUNK_SAMPLES))
+        out = np.empty((num_video_frames(wav.size, cfg), cfg.feature_dim), np.float32)
+    else:
+        chunks, out = iter(wav), None
+    blocks, k = [], 0
+    for block in iter_features(character.audio_encoder, chunks, cfg, batch_size=batch_size, device=device,
+                               chunk_frames=FEATURE_CHUNK_FRAMES):
+        if out is not None:
+            out[k:k + len(block)] = block
+        else:
+            blocks.append(block)
+        k += len(block)
+    if out is None:
+        out = np.concatenate(blocks) if blocks else np.zeros((0, cfg.feature_dim), np.float32)
+    assert k == len(out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # the three stages
 
 
-def _read_batches(character, feats: np.ndarray, a: int, b: int, start_frame: int, batch_size: int
+def _read_batches(character: Character, feats: np.ndarray, a: int, b: int, start_frame: int, batch_size: int
                   ) -> Iterator[_Batch]:
     """Template frames for output frames [a, b), cropped and turned into model inputs."""
-    size, margin = character.size, character.margin
     no_face = character.frames_without_face
     for lo in range(a, b, batch_size):
         hi = min(b, lo + batch_size)
@@ -117,49 +144,31 @@ def _read_batches(character, feats: np.ndarray, a: int, b: int, start_frame: int
         inputs = []
         for k in batch.indices:
             t = geometry.bounce(k + start_frame, character.n_templates)
-            frame = cv2.imread(str(character.template_path(t)), cv2.IMREAD_COLOR)
-            if frame is None:
-                raise InputError(character.template_path(t), "template frame is missing or unreadable")
+            frame = media.read_image(character.template_path(t))
             box = character.boxes[t]
-            crop_full = geometry.crop(frame, box, size + 2 * margin)
-            face = geometry.inner(crop_full, margin)
+            crop_full, face = model_crop(character, frame, box)
             batch.frames.append(frame)
             batch.boxes.append(box)
             batch.crops.append(crop_full)
             batch.passthrough.append(t in no_face)
-            inputs.append(generator_input(face, face, character.geometry))
+            inputs.append(model_input(character, face))
         batch.inputs = np.stack(inputs)
         yield batch
 
 
-def _run_model(character, batch: _Batch, device: torch.device, amp: torch.dtype | None,
-               channels_last: bool) -> np.ndarray:
-    """(B, 6, S, S) + (B, 32, 16, 16) -> (B, 3, S, S) float32 on the CPU."""
-    x = torch.from_numpy(batch.inputs).to(device, non_blocking=True)
-    audio = torch.from_numpy(batch.audio).to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-    with torch.inference_mode(), ctx:
-        out = character.generator(x, audio)
-    return out.float().cpu().numpy()
-
-
-def _paste(character, batch: _Batch, outputs: np.ndarray, stats: SegmentStats) -> Iterator[np.ndarray]:
-    m, s = character.margin, character.size
+def _paste(character: Character, batch: _Batch, outputs: np.ndarray, stats: SegmentStats) -> Iterator[np.ndarray]:
     for i in range(len(batch.indices)):
         frame = batch.frames[i]
         if batch.passthrough[i]:
             stats.no_face += 1
             yield frame
             continue
-        if not np.isfinite(outputs[i]).all():
+        painted = painted_frame(character, frame, batch.boxes[i], batch.crops[i], outputs[i])
+        if painted is None:
             stats.nonfinite += 1
             yield frame
             continue
-        crop_full = batch.crops[i].copy()
-        crop_full[m:m + s, m:m + s] = to_image(outputs[i])
-        yield geometry.paste_back(frame, batch.boxes[i], crop_full, character.geometry)
+        yield painted
 
 
 class _Stage(threading.Thread):
@@ -199,16 +208,13 @@ def _get(q: queue.Queue, producer: threading.Thread, stop: threading.Event):
     return _END
 
 
-def render_segment(character, feats: np.ndarray, a: int, b: int, out_path: str | Path, *,
+def render_segment(character: Character, feats: np.ndarray, a: int, b: int, out_path: str | Path, *,
                    cfg: RenderConfig = RenderConfig(), crf: int | None = None, start_frame: int = 0,
                    audio_path: str | Path | None = None, progress: ProgressFn | None = None) -> SegmentStats:
     """Render output frames [a, b) into an H.264 mp4 at `out_path` (a local file)."""
     if not 0 <= a < b <= len(feats):
         raise ValueError(f"frame range [{a}, {b}) is not inside [0, {len(feats)})")
     started = time.perf_counter()
-    device = next(character.generator.parameters()).device
-    amp = autocast_dtype(device, cfg.bf16)
-    channels_last = cfg.channels_last
     settings = media.EncodeSettings(crf=cfg.crf if crf is None else crf, preset=cfg.x264_preset,
                                     pix_fmt=cfg.pix_fmt, audio_bitrate=cfg.audio_bitrate)
     width, height = character.frame_size
@@ -247,7 +253,7 @@ def render_segment(character, feats: np.ndarray, a: int, b: int, out_path: str |
                 if batch is _END:
                     break
                 t0 = time.perf_counter()
-                outputs = _run_model(character, batch, device, amp, channels_last)
+                outputs = paint(character, batch.inputs, batch.audio, cfg)
                 stats.model_seconds += time.perf_counter() - t0
                 if not _put(to_writer, (batch, outputs), stop, painter):
                     break
@@ -270,13 +276,8 @@ def render_segment(character, feats: np.ndarray, a: int, b: int, out_path: str |
 
 def render(character_uri: str, audio_uri: str, out_uri: str, cfg: RenderConfig = RenderConfig(), *,
            enhance: bool = False, crf: int | None = None, start_frame: int = 0, overwrite: bool = False,
-           progress: ProgressFn | None = None, character=None) -> RenderResult:
+           progress: ProgressFn | None = None, character: Character | None = None) -> RenderResult:
     """Dub `audio_uri` with the character at `character_uri`; the mp4 appears at `out_uri` only when done."""
-    from lipsync.bundle import load_character
-    from lipsync.device import resolve_device
-    from lipsync.errors import OutputExistsError
-    from lipsync.io import storage
-
     # 1. check inputs and output
     if storage.exists(out_uri) and not overwrite:
         raise OutputExistsError(out_uri)
@@ -298,9 +299,3 @@ def render(character_uri: str, audio_uri: str, out_uri: str, cfg: RenderConfig =
                                    start_frame=start_frame, audio_path=audio_path, progress=progress)
     return RenderResult(out=out_uri, frames=len(feats), duration=wav.size / character.audio.sample_rate,
                         stats=stats)
-
-
-def prepare_for_inference(character, cfg: RenderConfig) -> None:
-    """Put the generator in the memory format measured fastest (channels_last; see BENCHMARKS.md)."""
-    if cfg.channels_last:
-        character.generator.to(memory_format=torch.channels_last)

@@ -4,7 +4,6 @@ and `export_bundle`, which turns a final training state into a bundle (also used
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from lipsync.data.dataset import dataset_configs
 from lipsync.errors import InputError, OutputExistsError
 from lipsync.io import storage
 from lipsync.models import AudioEncoder, Generator, GeneratorConfig, SyncNet, SyncNetConfig, model_preset
-from lipsync.train.config import TrainConfig
+from lipsync.config import TrainConfig
 from lipsync.train.context import LocalContext
 from lipsync.train.trainer import ProgressFn, StopFn, Trainer
 
@@ -66,11 +65,10 @@ def export_bundle(state: dict[str, Any], out_uri: str, dataset_dir: str | Path, 
     encoder.load_state_dict(state["audio_encoder"])
     meta = layout.validate_dataset(Path(dataset_dir))
     audio, geometry = dataset_configs(meta)
-    geometry = dataclasses.replace(geometry, crop_margin=int(state["crop_margin"]))
     return save_bundle(out_uri, name=name or meta.get("name") or storage.name(out_uri), preset=state["preset"],
                        generator=generator.eval(), audio_encoder=encoder.eval(), syncnet=syncnet.eval(),
                        audio=audio, geometry=geometry, dataset_dir=dataset_dir, train_info=train_info,
-                       overwrite=overwrite)
+                       crop_margin=int(state["crop_margin"]), overwrite=overwrite)
 
 
 def train_character(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, run_dir: str | Path | None = None,

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from lipsync.errors import InputError
 from lipsync.train import checkpoint as ckpt
 from lipsync.train.metrics import CURVE_FILE, METRICS_FILE, MetricsLog
-from lipsync.train.runtime import resolve_device
+from lipsync.runtime import resolve_device
 
 
 class RunContext:

@@ -48,11 +48,11 @@ from lipsync.models import (
     sync_bce_loss,
 )
 from lipsync.train import checkpoint as ckpt
-from lipsync.train.config import TrainConfig
+from lipsync.config import TrainConfig
 from lipsync.train.context import RunContext
 from lipsync.train.losses import GeneratorLoss, PerceptualLoss, balanced_accuracy, load_vgg19, syncnet_loss
 from lipsync.train.metrics import MetricsLog
-from lipsync.train.runtime import autocast, seed_everything
+from lipsync.runtime import autocast, seed_everything
 
 ProgressFn = Callable[[int, int, str], None]  # (global step, total steps, "loss ... steps/s")
 StopFn = Callable[[], bool]

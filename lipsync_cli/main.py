@@ -1,11 +1,17 @@
-"""`lipsync prepare | train | render | dub | eval`: parse arguments, call the library, report.
+"""`lipsync prepare | train | render | dub | eval`: parse arguments, load the config, call the library.
 
-Input errors (`lipsync.errors.InputError`) become one line on stderr and exit code 2.
+Exit codes: 0 done; 2 bad input or option (`lipsync.errors.InputError`, config errors included):
+one line on stderr, nothing run or written; 1 an unexpected error (a bug or a failing
+environment): one line naming a log file that holds the traceback; 3 `dub` finished but some
+items failed (see its report).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
+import traceback
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
@@ -13,12 +19,27 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from lipsync.config import DubConfig, EvalConfig, PrepareConfig, RenderConfig, TrainConfig, load_config
+from lipsync.data.prepare import prepare as run_prepare
+from lipsync.dub import dub_flags
+from lipsync.dub.report import summary
 from lipsync.errors import InputError
+from lipsync.eval import evaluate, markdown_table
+from lipsync.io import storage
+from lipsync.render import render as run_render
+from lipsync.train import train_character
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lip-sync dubbing engine.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lip-sync dubbing engine.",
+                  pretty_exceptions_enable=False)
 console = Console(stderr=True)
 
+EXIT_BUG = 1
 EXIT_INPUT_ERROR = 2
+EXIT_INTERRUPTED = 130
+LOG_DIR_ENV = "LIPSYNC_LOG_DIR"  # where tracebacks of unexpected errors go (default: <cache>/logs)
+
+ConfigOption = typer.Option(None, "--config", help="YAML config (default: the command's file in configs/)")
+SetOption = typer.Option([], "--set", help="config override key=value (repeatable, dotted keys for sections)")
 
 
 @app.callback()
@@ -26,19 +47,41 @@ def _group() -> None:
     """Lip-sync dubbing engine: prepare | train | render | dub | eval."""
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = EXIT_INPUT_ERROR) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_INPUT_ERROR)
+    raise typer.Exit(code)
+
+
+def log_dir() -> Path:
+    return Path(os.environ.get(LOG_DIR_ENV) or storage.default_cache_root() / "logs")
+
+
+def write_traceback(command: str, error: BaseException) -> Path:
+    """The full traceback of an unexpected error, in a file of its own; returns its path."""
+    directory = log_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(error)))
+    return path
 
 
 @contextlib.contextmanager
-def input_errors_exit_2() -> Iterator[None]:
+def reported_errors(command: str) -> Iterator[None]:
+    """InputError -> its one line, exit 2. Anything else is not the user's fault: one line naming
+    the log file with the traceback, exit 1."""
     try:
         yield
     except InputError as e:
         fail(str(e))
-    except ValueError as e:  # bad option values found by config parsing
-        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as e:  # noqa: BLE001 - reported with its traceback in a file
+        try:
+            where = f"traceback in {write_traceback(command, e)}"
+        except OSError as log_error:
+            where = f"could not write the traceback ({log_error})"
+        detail = " ".join(str(e).split())[:300]
+        fail(f"unexpected {type(e).__name__} in `lipsync {command}`: {detail} ({where})", EXIT_BUG)
 
 
 @contextlib.contextmanager
@@ -73,15 +116,12 @@ def prepare(
     out: str = typer.Option(..., "--out", help="dataset directory to create (path or URI)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
     preview: Optional[str] = typer.Option(None, "--preview", help="write a contact sheet of crops (PNG)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default configs/prepare.yaml)"),
-    set_: List[str] = typer.Option([], "--set", help="config override key=value (repeatable)"),
+    config: Optional[Path] = ConfigOption,
+    set_: List[str] = SetOption,
 ) -> None:
     """Turn a talking-head video into a character dataset."""
-    from lipsync import config as C
-    from lipsync.data.prepare import prepare as run_prepare
-
-    with input_errors_exit_2():
-        cfg = C.load(C.PrepareConfig, config or "prepare", set_)
+    with reported_errors("prepare"):
+        cfg = load_config(PrepareConfig, config, set_)
         with progress_bar(f"prepare {name}") as update:
             result = run_prepare(video, name, out, cfg, overwrite=overwrite, preview_uri=preview,
                                  progress=lambda d, t: update(d, max(d, t)))
@@ -99,29 +139,19 @@ def render(
     output: str = typer.Option(..., "-o", "--output", help="output .mp4 (path or URI)"),
     start_frame: int = typer.Option(0, "--start-frame", help="first template frame (bounce index offset)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="frames per generator forward"),
-    enhance: bool = typer.Option(False, "--enhance", help="higher quality encode (CRF 18 instead of 20)"),
+    enhance: bool = typer.Option(False, "--enhance", help="higher quality encode (crf_enhance instead of crf)"),
     crf: Optional[int] = typer.Option(None, "--crf", help="explicit x264 CRF (0 = lossless, for tests)"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default configs/render.yaml)"),
-    set_: List[str] = typer.Option([], "--set", help="config override key=value (repeatable)"),
+    config: Optional[Path] = ConfigOption,
+    set_: List[str] = SetOption,
 ) -> None:
     """Dub one audio file into a video of a trained character."""
-    from lipsync import config as C
-    from lipsync.render import render as run_render
-
-    with input_errors_exit_2():
-        overrides = C.parse_overrides(set_)
-        if batch_size is not None:
-            overrides["batch_size"] = batch_size
-        if device is not None:
-            overrides["device"] = device
-        cfg = C.load(C.RenderConfig, config or "render", overrides)
-        if cfg.batch_size < 1:
-            raise InputError(None, f"--batch-size must be >= 1, got {cfg.batch_size}")
+    with reported_errors("render"):
+        cfg = load_config(RenderConfig, config, set_, {"batch_size": batch_size, "device": device, "crf": crf})
         with progress_bar("render") as update:
-            result = run_render(character, audio, output, cfg, enhance=enhance, crf=crf, start_frame=start_frame,
-                                overwrite=overwrite, progress=lambda d, t: update(d, t))
+            result = run_render(character, audio, output, cfg, enhance=enhance and crf is None,
+                                start_frame=start_frame, overwrite=overwrite, progress=lambda d, t: update(d, t))
     st = result.stats
     fps = st.frames / st.seconds if st.seconds else 0.0
     console.print(f"rendered {output}: {result.frames} frames, {result.duration:.2f} s, {fps:.1f} frames/s"
@@ -132,31 +162,25 @@ def render(
 @app.command()
 def dub(
     catalog: str = typer.Argument(..., help="catalog of items to dub: .csv or .jsonl (path or URI)"),
-    output_root: str = typer.Option(..., "--output-root", help="outputs, _work/, _reports/, _manifest.json go here"),
+    output_root: str = typer.Option(..., "--output-root", help="outputs, _work/, _reports/, _manifest go here"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)"),
-    shard_frames: Optional[int] = typer.Option(None, "--shard-frames", help="frames per render task (default 250)"),
+    shard_frames: Optional[int] = typer.Option(None, "--shard-frames", help="frames per render task"),
     actors: Optional[str] = typer.Option(None, "--actors", help="render actors: N, or MIN:MAX to autoscale"),
     crf: Optional[int] = typer.Option(None, "--crf", help="x264 CRF for rows without one (0 = lossless)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default configs/dub.yaml)"),
-    set_: List[str] = typer.Option([], "--set", help="config override key=value (repeatable)"),
+    config: Optional[Path] = ConfigOption,
+    set_: List[str] = SetOption,
 ) -> None:
     """Dub every row of a catalog on Ray. Exit 3 when the run finished but some items failed."""
-    from lipsync.dub import load_config, option_overrides
-    from lipsync.dub.report import summary
+    with reported_errors("dub"):
+        cfg = load_config(DubConfig, config, set_, dub_flags(shard_frames=shard_frames, actors=actors, crf=crf,
+                                                             device=device))
+        from cluster.dub import run_dub  # imports Ray (seconds): only the command that needs it pays
 
-    with input_errors_exit_2():
-        cfg = load_config(config, set_, option_overrides(shard_frames=shard_frames, actors=actors, crf=crf,
-                                                         device=device))
-    from cluster.dub import run_dub  # imports Ray; lipsync itself never does
-
-    try:
         with progress_bar("dub") as update:
             run = run_dub(catalog, output_root, cfg, address=address, progress=lambda p: update(
                 p.frames_done, p.frames_total or None,
                 extra=f"items {p.items_done}/{p.items_total}, {p.frames_per_second:.1f} frames/s"))
-    except InputError as e:  # the catalog: nothing ran
-        fail(str(e))
     console.print(summary(run.report, run.report_uri))
     if run.exit_code:
         raise typer.Exit(run.exit_code)
@@ -169,25 +193,20 @@ def train(
     preset: str = typer.Option(..., "--preset", help="model size: tiny | st2d-160 | st2d-328"),
     steps: Optional[int] = typer.Option(None, "--steps", help="generator steps (stage 2)"),
     syncnet_steps: Optional[int] = typer.Option(None, "--syncnet-steps", help="SyncNet steps (stage 1)"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     audio_encoder: Optional[str] = typer.Option(
         None, "--audio-encoder", help="pretrained AudioEncoder (SyncTalk_2D audio_visual_encoder.pth layout)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="checkpoints and metrics (default OUT.run)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the run dir"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing bundle and start a fresh run"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default configs/train.yaml)"),
-    set_: List[str] = typer.Option([], "--set", help="config override key=value (repeatable)"),
+    config: Optional[Path] = ConfigOption,
+    set_: List[str] = SetOption,
 ) -> None:
     """Train a character (SyncNet, then the generator) and write its bundle."""
-    from lipsync import config as C
-    from lipsync.train import TrainConfig, train_character
-
-    with input_errors_exit_2():
-        overrides = C.parse_overrides(set_)
-        flags = {"preset": preset, "generator_steps": steps, "syncnet_steps": syncnet_steps, "device": device,
-                 "audio_encoder": audio_encoder}
-        overrides.update({k: v for k, v in flags.items() if v is not None})
-        cfg = C.load(TrainConfig, config or "train", overrides)
+    with reported_errors("train"):
+        cfg = load_config(TrainConfig, config, set_, {
+            "preset": preset, "generator_steps": steps, "syncnet_steps": syncnet_steps, "device": device,
+            "audio_encoder": audio_encoder})
         with progress_bar(f"train {preset}") as update:
             result = train_character(dataset, out, cfg, run_dir=run_dir, resume=resume, overwrite=overwrite,
                                      progress=lambda d, t, extra: update(d, t, extra=extra))
@@ -210,20 +229,27 @@ def eval_(
     json_out: str = typer.Option(..., "--json", help="metrics JSON to write (path or URI)"),
     strip: Optional[str] = typer.Option(None, "--strip", help="PNG strip real | generated | shuffled"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="evaluate only the first N held-out frames"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    config: Optional[Path] = ConfigOption,
+    set_: List[str] = SetOption,
 ) -> None:
-    """Self-reconstruction on the held-out frames: PSNR/SSIM, lip distance, sync vs shuffled audio."""
-    from lipsync.eval import EvalConfig, evaluate, markdown_table
+    """Self-reconstruction on the held-out frames: PSNR/SSIM, lip distance, sync vs shuffled audio.
 
-    with input_errors_exit_2():
-        cfg = EvalConfig(device=device) if device is not None else EvalConfig()
+    The generator runs with configs/render.yaml's settings, as in a dub.
+    """
+    with reported_errors("eval"):
+        cfg = load_config(EvalConfig, config, set_, {"device": device})
+        render_cfg = load_config(RenderConfig)
         with progress_bar("eval") as update:
             result = evaluate(dataset, character, json_out, strip_png=strip, max_frames=max_frames, cfg=cfg,
-                              progress=lambda d, t: update(d, t))
+                              render_cfg=render_cfg, progress=lambda d, t: update(d, t))
     console.print(markdown_table(result), highlight=False, soft_wrap=True)
-    frames = result["frames"]["evaluated"]
-    console.print(f"evaluated {frames} held-out frames in {result['seconds']:.0f} s -> {json_out}"
-                  + (f", {strip}" if strip else ""))
+    frames = result["frames"]
+    pairing = result["pairing"]
+    console.print(f"evaluated {frames['evaluated']} held-out frames ({frames['first']}..{frames['last']}, "
+                  f"held_out_fraction {pairing['held_out_fraction']}, sync_audio_offset "
+                  f"{pairing['sync_audio_offset']}, from the {pairing['source']}) in {result['seconds']:.0f} s "
+                  f"-> {json_out}" + (f", {strip}" if strip else ""))
 
 
 def main() -> None:

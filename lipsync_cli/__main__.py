@@ -1,0 +1,5 @@
+"""`python -m lipsync_cli ...` == `lipsync ...`."""
+
+from lipsync_cli.main import main
+
+main()
