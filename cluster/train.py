@@ -16,29 +16,37 @@ s3://, reached with the same endpoint and credentials as lipsync.io.storage.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 from torch import nn
 from torch.utils.data import DataLoader
 
 from lipsync import config as config_io
+from lipsync.config import PrepareConfig, TrainConfig
+from lipsync.data.prepare import prepare
 from lipsync.errors import InputError, OutputExistsError
 from lipsync.io import storage
 from lipsync.models import model_preset
 from lipsync.train import checkpoint as ckpt
 from lipsync.train import export_bundle, local_dataset
-from lipsync.config import PrepareConfig, TrainConfig
-from lipsync.data.prepare import prepare
 from lipsync.train.context import RunContext
 from lipsync.train.trainer import Trainer, run_summary
 
@@ -121,8 +129,6 @@ def run_storage(storage_path: str) -> tuple[str, Any]:
     environment apply (Ray's default S3 filesystem would ignore LIPSYNC_S3_ENDPOINT)."""
     if not storage.is_remote(storage_path):
         return str(Path(storage.filesystem(storage_path)[1])), None
-    import pyarrow.fs
-
     fs, path = storage.filesystem(storage_path)
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
@@ -139,13 +145,19 @@ def run_config(storage_path: str, name: str, cfg: TrainConfig, max_failures: int
     )
 
 
-def worker_env() -> dict[str, str]:
-    """Environment the workers need to reach storage the way this driver does."""
-    import os
+WORKER_ENV_NAMES = (storage.ENDPOINT_ENV, storage.FALLBACK_ENDPOINT_ENV, storage.CACHE_DIR_ENV)
 
-    names = (storage.ENDPOINT_ENV, storage.FALLBACK_ENDPOINT_ENV, storage.KEY_ENV, storage.SECRET_ENV,
-             storage.CACHE_DIR_ENV)
-    return {k: os.environ[k] for k in names if os.environ.get(k)}
+
+def worker_env() -> dict[str, str]:
+    """Non-secret settings the workers need to reach storage the way this driver does.
+
+    Only the S3 endpoint and the cache dir: a runtime_env is written in plain text to Ray's
+    session logs (runtime_env_agent.log, job tables), so credentials never go through it.
+    Workers get credentials the standard AWS ways: an instance role, the shared credentials
+    file (~/.aws/credentials, AWS_SHARED_CREDENTIALS_FILE), or the environment of `ray start`
+    on each node (docs/STORAGE.md).
+    """
+    return {k: os.environ[k] for k in WORKER_ENV_NAMES if os.environ.get(k)}
 
 
 def train_on_ray(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, storage_path: str, name: str,

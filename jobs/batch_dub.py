@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:  # bad option or config value
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    from cluster.dub import run_dub  # lazy: option errors above are reported without a Ray import
+    # lazy: option errors above are reported without the seconds a Ray import takes
+    from cluster.dub import run_dub
 
     try:
         run = run_dub(args.catalog, args.output_root, cfg, address=args.address,

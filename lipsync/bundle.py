@@ -25,7 +25,12 @@ import torch
 from torch import nn
 
 from lipsync import config as config_io
-from lipsync.config import LEGACY_GEOMETRY_KEYS, AudioConfig, ConfigError, GeometryConfig
+from lipsync.config import (
+    LEGACY_GEOMETRY_KEYS,
+    AudioConfig,
+    ConfigError,
+    GeometryConfig,
+)
 from lipsync.data import layout
 from lipsync.errors import InputError, OutputExistsError
 from lipsync.io import storage

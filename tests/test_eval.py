@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from lipsync.config import TrainConfig
 from lipsync.eval import metrics
 from lipsync.eval.metrics import lip_indices, lip_points, lmd, mouth_box, psnr, ssim, sync_score
 
@@ -262,7 +263,9 @@ def test_evaluate_known_answer_with_a_copying_generator(tiny_bundle, clip_datase
     character.generator = CopyReference()
     result = evaluate(clip_dataset, tiny_bundle, str(tmp_path / "m.json"), max_frames=4, character=character)
     m = result["metrics"]
-    assert result["frames"] == {"evaluated": 4, "first": 45, "last": 48}  # the last 10%: frames 45..49
+    # the last 10% (the default val_fraction: this bundle records no training config): frames 45..49
+    assert result["frames"] == {"evaluated": 4, "first": 45, "last": 48, "held_out_fraction": 0.1}
+    assert result["pairing"] == {"held_out_fraction": 0.1, "sync_audio_offset": -2, "source": "defaults"}
     gen, shuf, tmpl = m["generated"], m["shuffled"], m["template"]
     # only a resize round trip of the crop separates the output from the real frame
     assert gen["psnr_full"] > 35 and gen["ssim_full"] > 0.98 and gen["ssim_mouth"] > 0.9
@@ -320,3 +323,33 @@ def test_eval_cli_bad_inputs_exit_2(tiny_bundle, clip_dataset, tmp_path):
         assert result.exit_code == 2, result.output
         assert words in " ".join(result.output.split())
         assert not out.exists()
+
+
+@pytest.mark.media
+def test_eval_uses_the_split_and_pairing_the_bundle_was_trained_with(clip_dataset, tmp_path, one_thread):
+    """A character trained with val_fraction 0.2 and sync_audio_offset -2 is scored on exactly its 10
+    held-out frames (40..49 of 50) with the SyncNet's pairing -2, both read from bundle.json."""
+    import json
+
+    from lipsync.config import EvalConfig, load_config
+    from lipsync.eval import evaluate
+    from lipsync.train import train_character
+
+    cfg = load_config(TrainConfig, None, ["preset=tiny", "syncnet_steps=2", "generator_steps=2", "batch_size=2",
+                                          "syncnet_batch_size=8", "val_fraction=0.2", "sync_audio_offset=-2",
+                                          "device=cpu", "val_every=1000", "checkpoint_every=1000"])
+    bundle = str(tmp_path / "char")
+    train_character(str(clip_dataset), bundle, cfg, run_dir=tmp_path / "run")
+    recorded = json.loads((tmp_path / "char" / "bundle.json").read_text())["train"]["config"]
+    assert (recorded["val_fraction"], recorded["sync_audio_offset"]) == (0.2, -2)
+
+    result = evaluate(clip_dataset, bundle, str(tmp_path / "m.json"), cfg=EvalConfig(device="cpu"))
+    assert result["frames"] == {"evaluated": 10, "first": 40, "last": 49, "held_out_fraction": 0.2}
+    assert result["pairing"] == {"held_out_fraction": 0.2, "sync_audio_offset": -2, "source": "bundle"}
+    assert json.loads((tmp_path / "m.json").read_text())["pairing"]["source"] == "bundle"
+
+    # an explicit EvalConfig value overrides the bundle (and says so)
+    override = evaluate(clip_dataset, bundle, str(tmp_path / "o.json"), max_frames=2,
+                        cfg=EvalConfig(device="cpu", held_out_fraction=0.1, sync_audio_offset=0))
+    assert override["frames"]["first"] == 45
+    assert override["pairing"] == {"held_out_fraction": 0.1, "sync_audio_offset": 0, "source": "override"}

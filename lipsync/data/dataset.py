@@ -25,7 +25,14 @@ from torch.utils.data import Dataset
 
 from lipsync.audio.features import context_stack
 from lipsync.audio.mel import mel_windows
-from lipsync.config import LEGACY_GEOMETRY_KEYS, AudioConfig, ConfigError, GeometryConfig, NegativeSampling, from_dict
+from lipsync.config import (
+    LEGACY_GEOMETRY_KEYS,
+    AudioConfig,
+    ConfigError,
+    GeometryConfig,
+    NegativeSampling,
+    from_dict,
+)
 from lipsync.data import layout
 from lipsync.data.inputs import generator_input, to_chw
 from lipsync.errors import InputError

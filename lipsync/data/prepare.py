@@ -23,6 +23,7 @@ from lipsync.data import layout
 from lipsync.errors import InputError, OutputExistsError
 from lipsync.face import geometry
 from lipsync.face.landmarks import FaceMeshDetector
+from lipsync.face.preview import contact_sheet, write_png
 from lipsync.io import media, storage
 
 ProgressFn = Callable[[int, int], None]  # (frames done, frames expected)
@@ -125,10 +126,8 @@ def write_dataset_arrays(out: Path, lms: np.ndarray, boxes: np.ndarray) -> None:
 
 def write_preview(out_dir: Path, boxes: np.ndarray, preview_uri: str, count: int = 16) -> None:
     """A contact sheet of crops of evenly spaced frames (to check mouth and chin are inside)."""
-    from lipsync.face.preview import contact_sheet, write_png
-
     idx = np.linspace(0, len(boxes) - 1, num=min(count, len(boxes))).round().astype(int)
-    crops = [geometry.crop(cv2.imread(str(layout.frame_path(out_dir, i))), boxes[i], 160) for i in idx]
+    crops = [geometry.crop(media.read_image(layout.frame_path(out_dir, i)), boxes[i], 160) for i in idx]
     sheet = contact_sheet(crops, cols=4, cell=160, labels=[int(i) for i in idx])
     with storage.atomic_file(preview_uri) as tmp:
         write_png(tmp, sheet)

@@ -4,7 +4,8 @@ The segments are joined with ffmpeg's concat demuxer without re-encoding (`-c co
 item's original audio file is muxed in as AAC (the original, not the 16 kHz copy the model
 heard, so the dub keeps the audio quality it was delivered in). The result is checked before it
 is published: exactly one video frame per 1/fps of audio (n = ceil(duration * fps)), an audio
-track, and a container duration within one video frame (+ one AAC frame of padding) of the audio. A failed check publishes nothing.
+track, and a container duration within one video frame (+ one AAC frame of padding) of the
+audio. A failed check publishes nothing.
 
 The published file's size and sha256 are part of the result: the manifest records them, and a
 re-run skips the item only when the file at the output still has them (plan.output_state).

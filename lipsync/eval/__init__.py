@@ -1,7 +1,16 @@
 """Evaluation: quality metrics (metrics.py) and the self-reconstruction evaluation (evaluate.py)."""
 
 from lipsync.eval.evaluate import EvalConfig, evaluate, held_out_frames, markdown_table
-from lipsync.eval.metrics import SyncScore, lip_indices, lip_points, lmd, mouth_box, psnr, ssim, sync_score
+from lipsync.eval.metrics import (
+    SyncScore,
+    lip_indices,
+    lip_points,
+    lmd,
+    mouth_box,
+    psnr,
+    ssim,
+    sync_score,
+)
 
 __all__ = [
     "EvalConfig",

@@ -39,7 +39,13 @@ from lipsync.eval import metrics
 from lipsync.face import geometry
 from lipsync.face.landmarks import FaceMeshDetector
 from lipsync.io import media, storage
-from lipsync.render.paint import model_crop, model_input, paint, painted_frame, prepare_for_inference
+from lipsync.render.paint import (
+    model_crop,
+    model_input,
+    paint,
+    painted_frame,
+    prepare_for_inference,
+)
 from lipsync.render.pipeline import audio_features
 from lipsync.runtime import resolve_device
 from lipsync.train.api import local_dataset

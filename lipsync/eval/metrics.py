@@ -72,7 +72,9 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 @lru_cache(maxsize=1)
 def lip_indices() -> np.ndarray:
     """Sorted Face Mesh indices of the lips (outer and inner contour): the 40 points of FACEMESH_LIPS."""
-    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_LIPS  # heavy import, only here
+    from mediapipe.python.solutions.face_mesh_connections import (
+        FACEMESH_LIPS,  # heavy import, only here
+    )
 
     indices = np.array(sorted({i for edge in FACEMESH_LIPS for i in edge}), dtype=np.int64)
     indices.setflags(write=False)

@@ -18,8 +18,20 @@ from lipsync.models.presets import (
     syncnet_config,
     with_audio_backend,
 )
-from lipsync.models.pretrained import load_audio_encoder, load_state, save_state
-from lipsync.models.syncnet import SyncNet, SyncNetConfig, lower_face, sync_bce_loss, sync_similarity
+from lipsync.models.pretrained import (
+    load_audio_encoder,
+    load_state,
+    read_state_dict,
+    read_torch_file,
+    save_state,
+)
+from lipsync.models.syncnet import (
+    SyncNet,
+    SyncNetConfig,
+    lower_face,
+    sync_bce_loss,
+    sync_similarity,
+)
 
 __all__ = [
     "AUDIO_FEATURE_SHAPES",
@@ -36,6 +48,8 @@ __all__ = [
     "generator_flops_per_frame",
     "load_audio_encoder",
     "load_state",
+    "read_state_dict",
+    "read_torch_file",
     "lower_face",
     "model_preset",
     "preset_names",

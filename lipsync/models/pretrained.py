@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -30,7 +31,7 @@ _MAX_NAMED_KEYS = 3  # how many offending keys an error message lists
 
 def load_audio_encoder(path: str | Path) -> AudioEncoder:
     """Build an AudioEncoder from a local torch weights file; InputError(path, ...) if it does not fit."""
-    state = _read_torch_state(Path(path))
+    state = read_state_dict(path)
     state = _canonical_audio_encoder_keys(state)
     encoder = AudioEncoder()
     expected = encoder.state_dict()
@@ -44,13 +45,21 @@ def load_audio_encoder(path: str | Path) -> AudioEncoder:
     return encoder.eval()
 
 
-def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
+def read_torch_file(path: str | Path, what: str = "torch weights file") -> Any:
+    """`torch.load(path, weights_only=True)` (never runs pickled code); InputError naming the file
+    when it is missing, truncated, not a torch file, or a pickle that needs code to load."""
+    path = Path(path)
     if not path.is_file():
-        raise InputError(path, "weights file not found")
+        raise InputError(path, f"{what} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickle with code, a truncated file, not a torch file at all
-        raise InputError(path, f"cannot read as a torch weights file ({type(exc).__name__}: {exc})") from exc
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every way a file can fail to load is the file's problem
+        raise InputError(path, f"cannot read as a {what} ({type(exc).__name__}: {exc})") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict (names -> tensors) from a torch file, unwrapping {"state_dict": ...} checkpoints."""
+    obj = read_torch_file(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]  # Wav2Lip-style checkpoint {"state_dict": ..., "optimizer": ...}
     if not isinstance(obj, Mapping) or not obj:

@@ -12,12 +12,19 @@ from typing import Any
 
 from lipsync import config as config_io
 from lipsync.bundle import save_bundle
+from lipsync.config import TrainConfig
 from lipsync.data import layout
 from lipsync.data.dataset import dataset_configs
 from lipsync.errors import InputError, OutputExistsError
 from lipsync.io import storage
-from lipsync.models import AudioEncoder, Generator, GeneratorConfig, SyncNet, SyncNetConfig, model_preset
-from lipsync.config import TrainConfig
+from lipsync.models import (
+    AudioEncoder,
+    Generator,
+    GeneratorConfig,
+    SyncNet,
+    SyncNetConfig,
+    model_preset,
+)
 from lipsync.train.context import LocalContext
 from lipsync.train.trainer import ProgressFn, StopFn, Trainer
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from lipsync.errors import InputError
+from lipsync.models.pretrained import read_torch_file
 from lipsync.train.metrics import METRICS_FILE, MetricsLog
 
 CHECKPOINT_FORMAT = 1
@@ -47,10 +48,7 @@ def read_checkpoint(directory: Path) -> tuple[dict[str, Any], MetricsLog]:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise InputError(directory, f"not a training checkpoint (no {STATE_FILE})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(path, f"cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+    state = read_torch_file(path, "training checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, f"checkpoint format {state.get('format') if isinstance(state, dict) else None} "
                                f"is not {CHECKPOINT_FORMAT}")

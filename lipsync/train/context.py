@@ -18,9 +18,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lipsync.errors import InputError
+from lipsync.runtime import resolve_device
 from lipsync.train import checkpoint as ckpt
 from lipsync.train.metrics import CURVE_FILE, METRICS_FILE, MetricsLog
-from lipsync.runtime import resolve_device
 
 
 class RunContext:

@@ -10,6 +10,7 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from lipsync.errors import InputError
+from lipsync.models.pretrained import read_state_dict
 from lipsync.models.syncnet import SyncNet, lower_face, sync_bce_loss, sync_similarity
 from lipsync.models.vgg import VGG19Features
 
@@ -84,14 +85,7 @@ def load_vgg19(path: str | Path) -> VGG19Features:
     Read with weights_only=True; InputError when the file is missing or does not fit.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "VGG19 weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(path, f"cannot read as a torch weights file ({type(exc).__name__})") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    state = read_state_dict(path)
     model = VGG19Features()
     wanted = model.state_dict()
     feats = {k: v for k, v in state.items() if isinstance(k, str) and k in wanted} if isinstance(state, dict) else {}

@@ -54,7 +54,7 @@ class MetricsLog:
             self.plot(directory / CURVE_FILE)
 
     def plot(self, path: Path) -> None:
-        import matplotlib
+        import matplotlib  # lazy: a heavy import only the loss-curve PNG needs
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

@@ -33,7 +33,13 @@ from torch.utils.data import DataLoader
 
 from lipsync import config as config_io
 from lipsync.audio.features import encode_frames
-from lipsync.data.dataset import CharacterFrames, GeneratorSamples, SyncPairs, load_frames
+from lipsync.config import TrainConfig
+from lipsync.data.dataset import (
+    CharacterFrames,
+    GeneratorSamples,
+    SyncPairs,
+    load_frames,
+)
 from lipsync.errors import InputError
 from lipsync.io import storage
 from lipsync.models import (
@@ -47,12 +53,17 @@ from lipsync.models import (
     model_preset,
     sync_bce_loss,
 )
-from lipsync.train import checkpoint as ckpt
-from lipsync.config import TrainConfig
-from lipsync.train.context import RunContext
-from lipsync.train.losses import GeneratorLoss, PerceptualLoss, balanced_accuracy, load_vgg19, syncnet_loss
-from lipsync.train.metrics import MetricsLog
 from lipsync.runtime import autocast, seed_everything
+from lipsync.train import checkpoint as ckpt
+from lipsync.train.context import RunContext
+from lipsync.train.losses import (
+    GeneratorLoss,
+    PerceptualLoss,
+    balanced_accuracy,
+    load_vgg19,
+    syncnet_loss,
+)
+from lipsync.train.metrics import MetricsLog
 
 ProgressFn = Callable[[int, int, str], None]  # (global step, total steps, "loss ... steps/s")
 StopFn = Callable[[], bool]
