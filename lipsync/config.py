@@ -83,10 +83,6 @@ class AudioConfig:
     # used; librosa >= 0.10 defaults to "constant". Only the first and last two mel frames differ.
     stft_pad_mode: str = "reflect"
 
-    @property
-    def mel_frames_per_second(self) -> float:
-        return self.sample_rate / self.hop_length  # 80 for the defaults
-
 
 @dataclass(frozen=True)
 class GeometryConfig:

@@ -259,7 +259,7 @@ def test_obama_landmarks_and_crop_boxes():
     frames = _decode_frames(OBAMA, 30)
     assert len(frames) == 30 and frames[0].shape == (450, 450, 3)
     with FaceMeshDetector(min_detection_confidence=0.5, min_tracking_confidence=0.5) as detector:
-        found = detector.detect_all(frames)
+        found = [detector.detect(frame) for frame in frames]
     assert all(lms is not None for lms in found)
     lms, missing = geo.fill_missing(found)
     assert missing == [] and lms.shape == (30, 468, 2) and lms.dtype == np.float32

@@ -8,7 +8,6 @@ the frames of one video in order; use a new detector for another video.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from types import TracebackType
 
 import cv2
@@ -53,10 +52,6 @@ class FaceMeshDetector:
         xy = np.array([(p.x, p.y) for p in points], dtype=np.float32)
         xy *= np.array([width, height], dtype=np.float32)
         return xy
-
-    def detect_all(self, frames: Iterable[np.ndarray]) -> list[np.ndarray | None]:
-        """`detect` over the frames of one video, in order."""
-        return [self.detect(frame) for frame in frames]
 
     def close(self) -> None:
         if not self._closed:

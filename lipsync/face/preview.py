@@ -65,16 +65,6 @@ def contact_sheet(
     return sheet
 
 
-def draw_points(
-    img: np.ndarray, points: np.ndarray, color: tuple[int, int, int] = (0, 255, 0), radius: int = 2
-) -> np.ndarray:
-    """A copy of `img` with (P, 2) pixel points drawn as filled dots (e.g. landmarks in a crop)."""
-    out = _as_bgr(img).copy()
-    for x, y in np.asarray(points).reshape(-1, 2):
-        cv2.circle(out, (round(float(x)), round(float(y))), radius, color, -1, cv2.LINE_AA)
-    return out
-
-
 def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write `image` (BGR or grey uint8) as a PNG to a local path (parent folders are created)."""
     ok, data = cv2.imencode(".png", image)
