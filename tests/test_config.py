@@ -61,7 +61,7 @@ def test_order_yaml_then_set_then_flags(tmp_path):
 
 
 @pytest.mark.parametrize("cls, override, message", [
-    (RenderConfig, "crf=abc", "config crf: Input should be a valid integer, unable to parse string as an integer (got 'abc')"),
+    (RenderConfig, "crf=abc", "config crf: Input should be a valid integer, unable to parse string as an integer"),
     (RenderConfig, "crf=99", "config crf: Input should be less than or equal to 51 (got 99)"),
     (DubConfig, "render.batch_size=0", "config render.batch_size: Input should be greater than or equal to 1"),
     (DubConfig, "actor_cpus=-1", "config actor_cpus: Input should be greater than 0 (got -1)"),

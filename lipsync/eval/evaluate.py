@@ -163,7 +163,7 @@ def _view(character: Character, frame: np.ndarray, box) -> np.ndarray:
     return model_crop(character, frame, box)[1].copy()
 
 
-def _observe(variant: _Variant, character, frame: np.ndarray, box, cfg: EvalConfig) -> np.ndarray:
+def _observe(variant: _Variant, character: Character, frame: np.ndarray, box, cfg: EvalConfig) -> np.ndarray:
     """Detect the lips and keep the model view of one frame; returns its metric crop."""
     lms = variant.detector.detect(frame)
     variant.lips.append(None if lms is None else metrics.lip_points(lms, box, cfg.metric_crop_size))
@@ -171,7 +171,8 @@ def _observe(variant: _Variant, character, frame: np.ndarray, box, cfg: EvalConf
     return geometry.crop(frame, box, cfg.metric_crop_size)
 
 
-def _compare(variant: _Variant, character, frame: np.ndarray, box, ref: _Reference, cfg: EvalConfig) -> np.ndarray:
+def _compare(variant: _Variant, character: Character, frame: np.ndarray, box, ref: _Reference,
+             cfg: EvalConfig) -> np.ndarray:
     """All per-frame measurements of one variant frame against the real frame; returns its metric crop."""
     crop = _observe(variant, character, frame, box, cfg)
     x0, y0, x1, y1 = ref.mouth
@@ -182,7 +183,7 @@ def _compare(variant: _Variant, character, frame: np.ndarray, box, ref: _Referen
     return crop
 
 
-def _sync(character, views: list[np.ndarray], frames: np.ndarray, mel: np.ndarray, n_audio: int,
+def _sync(character: Character, views: list[np.ndarray], frames: np.ndarray, mel: np.ndarray, n_audio: int,
           cfg: EvalConfig, audio_offset: int, roll: int = 0) -> dict | None:
     """LSE of model views against the clip's audio (rolled by `roll` frames: the shuffled variant's own audio)."""
     if character.syncnet is None:
