@@ -326,19 +326,17 @@ def _loopback_node_ip():
 
 
 def run_dub(catalog_uri: str, output_root: str, cfg: DubConfig = DubConfig(), *, address: str | None = None,
-            progress: ProgressFn | None = None, overwrite: bool = False,
-            allow_outputs_outside_root: bool = False) -> DubRun:
+            progress: ProgressFn | None = None, overwrite: bool = False) -> DubRun:
     """Dub every row of the catalog; returns the report (also written under `output_root`).
 
     Raises InputError for a bad catalog (nothing runs then). Items that fail are recorded in the
     report; the run goes on with the others. `overwrite`: items may replace files at their
     outputs that this job did not write (else such an item fails and the file stays; a row's
-    `overwrite` column does the same for one row). `allow_outputs_outside_root` (or the config
-    setting of that name): rows may name outputs outside `output_root`.
+    `overwrite` column does the same for one row). `cfg.allow_outputs_outside_root`: rows may
+    name outputs outside `output_root`.
     """
     # 1. the catalog, validated before any cluster work (cfg was validated by load_config)
-    allow_outside = allow_outputs_outside_root or bool(getattr(cfg, "allow_outputs_outside_root", False))
-    items = read_catalog(catalog_uri, output_root, allow_outputs_outside_root=allow_outside)
+    items = read_catalog(catalog_uri, output_root, allow_outputs_outside_root=cfg.allow_outputs_outside_root)
     started_at = datetime.now(timezone.utc)
     t_init = time.monotonic()
     started_ray = init_ray(address)

@@ -10,7 +10,7 @@ calls onto Ray Train: `prepare_model` (DDP, gloo on CPU / nccl on GPU), `prepare
 checkpoint directory, every rank reports), and `ray.train.get_checkpoint()` to resume after a
 worker failure (FailureConfig(max_failures)) or when a run of the same name is started again on
 the same storage path. Checkpoints go to RunConfig(storage_path) -- a local/shared path or
-s3://, reached with the same endpoint and credentials as lipsync.io.storage.
+s3://, reached with the same endpoint as lipsync.io.storage (credentials: the nodes' own).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def run_config(storage_path: str, name: str, cfg: TrainConfig, max_failures: int
         storage_filesystem=filesystem,
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        worker_runtime_env={"env_vars": worker_env()},  # storage endpoint/credentials, cache dir
+        worker_runtime_env={"env_vars": worker_env()},  # storage endpoint and cache dir (never secrets)
     )
 
 
@@ -209,7 +209,7 @@ def prepare_on_ray(video_uri: str, name: str, dataset_uri: str, cfg: PrepareConf
     """Run `lipsync.data.prepare.prepare` as one Ray task (on any node; the dataset goes to
     `dataset_uri`, typically s3://). Landmarks are detected sequentially inside that task."""
 
-    @ray.remote(num_cpus=1)
+    @ray.remote(num_cpus=1, runtime_env={"env_vars": worker_env()})
     def prepare_task() -> int:
         return prepare(video_uri, name, dataset_uri, cfg, overwrite=overwrite).n_frames
 

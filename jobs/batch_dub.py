@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--actors", default=None, help="render actors: N, or MIN:MAX to autoscale")
     p.add_argument("--crf", type=int, default=None, help="H.264 crf for rows without one")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace files at row outputs this job did not write")
     p.add_argument("--config", default=None, help="YAML config (default configs/dub.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value (repeatable)")
     return p.parse_args(argv)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.dub import run_dub
 
     try:
-        run = run_dub(args.catalog, args.output_root, cfg, address=args.address,
+        run = run_dub(args.catalog, args.output_root, cfg, address=args.address, overwrite=args.overwrite,
                       progress=log_progress(cfg.progress_interval_s))
     except InputError as e:  # the catalog (nothing ran)
         print(f"error: {e}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Train a character with Ray Train on the cluster this job was submitted to (or a local Ray).
 
     ray job submit --address http://HEAD:8265 --working-dir . \
-        --runtime-env-json '{"env_vars": {"LIPSYNC_S3_ENDPOINT": "...", "AWS_ACCESS_KEY_ID": "...", ...}}' \
+        --runtime-env-json '{"env_vars": {"LIPSYNC_S3_ENDPOINT": "..."}}' \
         -- python jobs/train_character.py --dataset s3://bucket/datasets/obama \
            --out s3://bucket/characters/obama --preset st2d-328 --workers 4 --gpu \
            --storage-path s3://bucket/ray-train --run-name obama-st2d-328
@@ -66,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray  # lazy: option errors above are reported without the seconds a Ray import takes
 
-    from cluster.train import prepare_on_ray, train_on_ray, worker_env
+    from cluster.train import prepare_on_ray, train_on_ray
 
     run_name = args.run_name or storage.name(args.out)
-    ray.init(address=args.address, runtime_env={"env_vars": worker_env()})
+    # No runtime_env here: a job submitted with env_vars would have Ray reject a second one, and
+    # the Ray Train workers and the prepare task get worker_env() on their own (cluster/train.py).
+    ray.init(address=args.address)
     try:
         dataset = args.dataset
         if args.video:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,129 @@ def _load_templates(local: Path, uri: str, n: int) -> tuple[np.ndarray, np.ndarr
     return boxes, landmarks
 
 
+# --- bounds: every size that allocates is checked before anything is built from it ----------------
+
+MAX_MODEL_SIZE = 1024  # S: st2d-328 uses 320; activations grow with S^2
+MAX_WIDTH = 4096  # channels of any stage (presets use <= 512)
+MAX_EXPAND = 16
+MAX_FRAME_SIDE = 8192  # template frames (8K is 7680 x 4320)
+MAX_AUDIO_CONTEXT = 64  # +-frames of features per generator input (ave: 8)
+MAX_N_FFT = 8192
+
+
+def _fits_weights(cls, cfg, path: Path, uri: str, what: str) -> None:
+    """The module `cls(cfg)` has exactly the tensors of `path` (built on the meta device: no memory)."""
+    from safetensors import SafetensorError, safe_open
+
+    from lipsync.models.pretrained import _state_mismatch
+
+    if not path.is_file():
+        raise InputError(uri, f"bundle is missing {path.name}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = {k: torch.empty(tuple(f.get_slice(k).get_shape()), device="meta") for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(uri, f"{path.name} cannot be read as a safetensors file ({exc})") from None
+    with torch.device("meta"):
+        expected = cls(cfg).state_dict()
+    problem = _state_mismatch(expected, found)
+    if problem:
+        raise InputError(uri, f"bundle.json's {what} config does not fit {path.name} ({problem})")
+
+
+def _check_models(local: Path, uri: str, info: dict[str, Any], gen_cfg: GeneratorConfig, audio: AudioConfig,
+                  margin: int) -> None:
+    """Architecture sizes bounded, consistent with the audio front-end, and fitting the weight files.
+
+    The weights are hashed into the bundle's version, so checking the configs against their
+    tensor shapes (read from the safetensors headers) catches any edit of bundle.json's
+    architecture; the bounds catch what does not show in the weights (S, the audio geometry).
+    The configs are not compared with configs/models.yaml: a bundle keeps the preset it was
+    trained with, even after that file changes.
+    """
+    from lipsync.models.audio_encoder import EMBED_DIM, MEL_BINS, MEL_STEPS
+
+    def bad(what: str) -> InputError:
+        return InputError(uri, f"bundle.json: {what}")
+
+    if not 2 ** len(gen_cfg.widths) <= gen_cfg.size <= MAX_MODEL_SIZE:
+        raise bad(f"generator size {gen_cfg.size} is outside [{2 ** len(gen_cfg.widths)}, {MAX_MODEL_SIZE}]")
+    if max(gen_cfg.widths) > MAX_WIDTH or gen_cfg.expand_ratio > MAX_EXPAND:
+        raise bad(f"generator widths {list(gen_cfg.widths)} / expand_ratio {gen_cfg.expand_ratio} exceed "
+                  f"{MAX_WIDTH} / {MAX_EXPAND}")
+    if not 0 <= margin <= gen_cfg.size // 4:
+        raise bad(f"crop_margin {margin} is outside [0, {gen_cfg.size // 4}] for a {gen_cfg.size} px model")
+    if (audio.n_mels, audio.mel_window, audio.feature_dim) != (MEL_BINS, MEL_STEPS, EMBED_DIM):
+        raise bad(f"audio n_mels/mel_window/feature_dim {audio.n_mels}/{audio.mel_window}/{audio.feature_dim} "
+                  f"do not fit the AudioEncoder ({MEL_BINS}/{MEL_STEPS}/{EMBED_DIM})")
+    if not (1 <= audio.context <= MAX_AUDIO_CONTEXT and 1 <= audio.hop_length <= audio.win_length <= audio.n_fft
+            <= MAX_N_FFT and 1000 <= audio.sample_rate <= 192000 and 1 <= audio.fps <= 120):
+        raise bad(f"audio config out of range (context {audio.context}, hop/win/n_fft {audio.hop_length}/"
+                  f"{audio.win_length}/{audio.n_fft}, sample_rate {audio.sample_rate}, fps {audio.fps})")
+    if tuple(audio.context_shape) != tuple(gen_cfg.audio_shape):
+        raise bad(f"audio context_shape {tuple(audio.context_shape)} != the generator's audio input "
+                  f"{tuple(gen_cfg.audio_shape)}")
+    if math.prod(audio.context_shape) != 2 * audio.context * audio.feature_dim:
+        raise bad(f"audio context_shape {tuple(audio.context_shape)} does not hold 2 * context * feature_dim values")
+    _fits_weights(Generator, gen_cfg, local / GENERATOR_FILE, uri, "generator")
+    if info.get("syncnet") is not None:
+        sync_cfg = _config(SyncNetConfig, info["syncnet"], uri, "syncnet")
+        if max(sync_cfg.face_size) > MAX_MODEL_SIZE or max(sync_cfg.face_widths) > MAX_WIDTH \
+                or not 0 <= sync_cfg.residual_blocks <= 8:
+            raise bad(f"syncnet face_size {list(sync_cfg.face_size)} / face_widths {list(sync_cfg.face_widths)} / "
+                      f"residual_blocks {sync_cfg.residual_blocks} out of range")
+        _fits_weights(SyncNet, sync_cfg, local / SYNCNET_FILE, uri, "syncnet")
+
+
+def _check_templates(local: Path, uri: str, info: dict[str, Any], geometry: GeometryConfig) -> None:
+    """Frame size bounded and true to the template JPEGs; boxes finite, square and on the frame.
+
+    `geometry.crop` accepts any square box with a positive side (parts outside the frame repeat
+    its edge), and allocates side^2 pixels for it; `paste_back` the same. So a legal box here is
+    square, has a side of at least 2 px (crop_boxes' minimum) and at most
+    2 * max(W, H) * max(1, box_expand) (a face inside the frame, grown by box_expand), and
+    overlaps the frame (overruns past the edges are legal, boxes entirely off it are not).
+    """
+    width, height = _frame_size(info, local, uri)
+    first = local / TEMPLATES_DIR / layout.FRAMES_DIR / "0.jpg"
+    try:
+        from PIL import Image
+
+        with Image.open(first) as im:  # reads the header only
+            jpeg_size = im.size
+    except Exception as exc:  # OSError, PIL's DecompressionBombError, ...
+        raise InputError(uri, f"bundle template frame {layout.FRAMES_DIR}/0.jpg is missing or unreadable "
+                              f"({exc})") from None
+    if tuple(jpeg_size) != (width, height):
+        raise InputError(uri, f"bundle.json frame_size {width}x{height} does not match the template frames "
+                              f"({jpeg_size[0]}x{jpeg_size[1]})")
+    try:
+        raw = np.load(local / TEMPLATES_DIR / layout.BOXES_FILE, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(uri, f"bundle templates are missing or corrupt ({exc})") from None
+    if raw.ndim != 2 or raw.shape[1:] != (4,) or raw.dtype.kind not in "iuf":
+        raise InputError(uri, f"bundle boxes.npy must be (n, 4) numbers, got {raw.shape} {raw.dtype}")
+    if raw.dtype.kind == "f" and not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):
+        raise InputError(uri, "bundle boxes.npy holds non-finite or fractional values")
+    if raw.size and np.abs(raw.astype(np.float64)).max() >= 2 ** 31:
+        raise InputError(uri, "bundle boxes.npy holds values outside the int32 range")
+    boxes = raw.astype(np.int64)
+    x0, y0, x1, y1 = boxes.T
+    side = x1 - x0
+    max_side = int(2 * max(width, height) * min(max(1.0, float(geometry.box_expand)), 4.0))
+    problems = {
+        "not square": side != y1 - y0,
+        "degenerate (side < 2 px)": side < 2,
+        f"larger than {max_side} px": side > max_side,
+        f"entirely outside the {width}x{height} frame": (x1 <= 0) | (y1 <= 0) | (x0 >= width) | (y0 >= height),
+    }
+    for what, mask in problems.items():
+        if mask.any():
+            i = int(np.argmax(mask))
+            raise InputError(uri, f"bundle boxes.npy: box {i} {tuple(int(v) for v in boxes[i])} is {what} "
+                                  f"({int(mask.sum())} of {len(boxes)} boxes)")
+
+
 def load_character(uri: str, device: str | torch.device = "cpu") -> Character:
     """Load a bundle (downloaded once per node when remote). InputError(uri, ...) when it is
     missing, corrupt (unreadable files, weights that do not match its version) or of another
@@ -256,6 +380,8 @@ def load_character(uri: str, device: str | torch.device = "cpu") -> Character:
         raise InputError(uri, f"bundle.json has no valid crop_margin (got {margin!r})")
     geometry = _config(GeometryConfig, {k: v for k, v in geometry_data.items() if k not in LEGACY_GEOMETRY_KEYS},
                        uri, "geometry")
+    _check_models(local, uri, info, gen_cfg, audio, margin)  # sizes bounded and fitting the weights ...
+    _check_templates(local, uri, info, geometry)  # ... and the boxes, before anything is built from them
     generator = _load_module(Generator(gen_cfg), local / GENERATOR_FILE, uri, device)
     audio_encoder = _load_module(AudioEncoder(), local / AUDIO_ENCODER_FILE, uri, device)
     syncnet = None
@@ -276,6 +402,8 @@ def load_character(uri: str, device: str | torch.device = "cpu") -> Character:
 
 def _frame_size(info: dict[str, Any], local: Path, uri: str) -> tuple[int, int]:
     size = info.get("frame_size") or []
-    if len(size) != 2:
+    if not isinstance(size, list) or len(size) != 2:
         raise InputError(uri, "bundle.json has no frame_size")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= MAX_FRAME_SIDE for v in size):
+        raise InputError(uri, f"bundle.json frame_size {size} is not two integers in [2, {MAX_FRAME_SIDE}]")
     return int(size[0]), int(size[1])

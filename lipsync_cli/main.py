@@ -168,6 +168,8 @@ def dub(
     actors: Optional[str] = typer.Option(None, "--actors", help="render actors: N, or MIN:MAX to autoscale"),
     crf: Optional[int] = typer.Option(None, "--crf", help="x264 CRF for rows without one (0 = lossless)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="replace files at row outputs that this job did not write"),
     config: Optional[Path] = ConfigOption,
     set_: List[str] = SetOption,
 ) -> None:
@@ -178,7 +180,7 @@ def dub(
         from cluster.dub import run_dub  # imports Ray (seconds): only the command that needs it pays
 
         with progress_bar("dub") as update:
-            run = run_dub(catalog, output_root, cfg, address=address, progress=lambda p: update(
+            run = run_dub(catalog, output_root, cfg, address=address, overwrite=overwrite, progress=lambda p: update(
                 p.frames_done, p.frames_total or None,
                 extra=f"items {p.items_done}/{p.items_total}, {p.frames_per_second:.1f} frames/s"))
     console.print(summary(run.report, run.report_uri))

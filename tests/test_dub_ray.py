@@ -88,7 +88,7 @@ def catalog_rows(character: str, audio: dict[str, str], blocked_output: str | No
         {"id": "news", "character": character, "audio": audio["news"], "start_frame": 40, "crf": 0},
         {"id": "broken", "character": character, "audio": audio["bad"], "crf": 0},
     ]
-    if blocked_output:  # its output cannot be published (the parent is a file): fails at stitch
+    if blocked_output:  # its output cannot be published (the parent is a file): fails at stitch, keeps segments
         rows.append({"id": "blocked", "character": character, "audio": audio["radio"], "output": blocked_output,
                      "start_frame": 7, "crf": 0})
     return rows
@@ -133,10 +133,11 @@ def decode(path: Path) -> np.ndarray:
 def first_run(ray_head, character, audio_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("dub_local")
     out = root / "out"
-    (root / "blocker").write_text("a file where the blocked item's output directory should be")
+    out.mkdir()
+    (out / "blocker").write_text("a file where the blocked item's output directory should be")
     audio = {k: str(audio_dir / f"{k}.wav") for k in ("radio", "news", "bad")}
-    catalog = write_catalog(root / "catalog.csv",
-                            catalog_rows(character, audio, blocked_output=str(root / "blocker" / "b.mp4")))
+    catalog = write_catalog(root / "catalog.csv",  # outputs stay under the output root (the default rule)
+                            catalog_rows(character, audio, blocked_output=str(out / "blocker" / "b.mp4")))
     rc, log = submit(ray_head, str(catalog), str(out))
     return {"rc": rc, "log": log, "out": out, "catalog": catalog, "root": root, "report": latest_report(str(out))}
 
@@ -162,9 +163,10 @@ def test_first_run_publishes_valid_items_and_reports_failures(first_run):
     assert "bad.wav" in broken["error"] and "\n" not in broken["error"]
     assert not (out / "broken.mp4").exists()
     assert items["blocked"]["status"] == "failed" and items["blocked"]["error"].startswith("stitch:")
+    assert "\n" not in items["blocked"]["error"] and "Unserializable" not in items["blocked"]["error"]
     # nothing half-written is visible: only the two outputs and the bookkeeping files
     published = sorted(p.name for p in out.iterdir() if p.is_file())
-    assert published == ["_manifest.json", "news.mp4", "radio.mp4"]
+    assert published == ["_manifest.json", "blocker", "news.mp4", "radio.mp4"]  # blocker: the test's own file
     manifest = json.loads((out / "_manifest.json").read_text())["items"]
     assert sorted(manifest) == ["news", "radio"]
     assert len(manifest["radio"]["key"]["audio_sha256"]) == 64
@@ -192,7 +194,7 @@ def test_stitched_output_equals_single_process_render(first_run, character, audi
 def test_rerun_skips_finished_items_and_reuses_segments(first_run, ray_head):
     out = first_run["out"]
     before = {name: (out / f"{name}.mp4").stat().st_mtime_ns for name in CLIPS}
-    (first_run["root"] / "blocker").unlink()  # the blocked item can publish now
+    (out / "blocker").unlink()  # the blocked item can publish now
     rc, log = submit(ray_head, str(first_run["catalog"]), str(out))
     report = latest_report(str(out))
     assert report["run"]["started_at"] != first_run["report"]["run"]["started_at"]  # a new report
@@ -205,7 +207,7 @@ def test_rerun_skips_finished_items_and_reuses_segments(first_run, ray_head):
     blocked = items["blocked"]
     assert blocked["status"] == "ok", blocked
     assert (blocked["segments_reused"], blocked["segments_rendered"]) == (3, 0)  # nothing rendered again
-    assert media.count_video_frames(first_run["root"] / "blocker" / "b.mp4") == expected_frames("radio")
+    assert media.count_video_frames(out / "blocker" / "b.mp4") == expected_frames("radio")
     assert sum(r["segments_rendered"] for r in report["items"]) == 0
     assert files_under(out / "_work") == []  # every finished item cleaned its work prefix
     assert "broken" in log

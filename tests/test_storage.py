@@ -364,6 +364,153 @@ def test_s3_credentials_come_from_environment(s3_tmp, monkeypatch):
     assert storage.read_text(uri) == "ok"
 
 
+# --- preflight: one line naming the URI, before any work (issue 11, item 8) ------------------
+
+
+def _input_error(fn, *args) -> str:
+    with pytest.raises(InputError) as err:
+        fn(*args)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 400, message
+    return message
+
+
+def test_preflight_accepts_good_local_paths(tmp_path):
+    (tmp_path / "in.wav").write_bytes(b"RIFF")
+    storage.check_readable(str(tmp_path / "in.wav"))
+    storage.check_readable(tmp_path.as_uri())  # a directory
+    storage.check_output_path(str(tmp_path / "new" / "deeper" / "out.mp4"))
+    storage.check_writable_dir((tmp_path / "root").as_uri())
+    # the output directories exist now (as a write would make them), and no probe file is left
+    assert os.listdir(tmp_path / "new" / "deeper") == [] and os.listdir(tmp_path / "root") == []
+
+
+def test_preflight_refuses_bad_local_paths(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    cases = [
+        (storage.check_readable, tmp_path / "missing.wav", "not found"),
+        (storage.check_output_path, tmp_path / "a_dir", "is a directory, expected a file path"),
+        (storage.check_output_path, f"{tmp_path / 'a_dir'}/", "is a directory path, expected a file path"),
+        (storage.check_output_path, tmp_path / "a_file" / "out.mp4",
+         f"its directory {tmp_path / 'a_file'}: is a file, expected a directory"),
+        (storage.check_writable_dir, tmp_path / "a_file", "is a file, expected a directory"),
+    ]
+    for fn, uri, words in cases:
+        assert _input_error(fn, str(uri)) == f"{uri}: {words}"
+
+
+def test_preflight_refuses_a_directory_that_cannot_be_created():
+    # /sys refuses new entries to everyone (EPERM for root, EACCES otherwise, EROFS when mounted ro)
+    message = _input_error(storage.check_output_path, "/sys/lipsync-preflight/out.mp4")
+    assert message.startswith("/sys/lipsync-preflight/out.mp4: its directory /sys/lipsync-preflight: "
+                              "cannot create the directory: "), message
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory nobody may write into: mode 0555, and immutable when we run as root."""
+    import shutil
+    import subprocess
+
+    path = tmp_path / "locked"
+    path.mkdir()
+    path.chmod(0o555)
+    immutable = False
+    if os.geteuid() == 0:
+        chattr = shutil.which("chattr")
+        if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("running as root without chattr +i: cannot make a directory unwritable")
+        immutable = True
+    try:
+        yield path
+    finally:
+        if immutable:
+            subprocess.run([shutil.which("chattr"), "-i", str(path)], check=True)
+        path.chmod(0o755)
+
+
+def test_preflight_refuses_an_unwritable_output_directory(unwritable_dir):
+    assert _input_error(storage.check_writable_dir, str(unwritable_dir)) == (
+        f"{unwritable_dir}: directory is not writable: permission denied")
+    out = unwritable_dir / "out.mp4"
+    assert _input_error(storage.check_output_path, str(out)) == (
+        f"{out}: its directory {unwritable_dir}: directory is not writable: permission denied")
+
+
+@pytest.mark.integration
+def test_preflight_accepts_good_s3_uris(s3_tmp):
+    storage.write_text(storage.join(s3_tmp, "in.wav"), "RIFF")
+    storage.check_readable(storage.join(s3_tmp, "in.wav"))
+    storage.check_writable_dir(storage.join(s3_tmp, "out"))
+    storage.check_output_path(storage.join(s3_tmp, "out", "x.mp4"))
+    fs, path = storage.filesystem(s3_tmp)
+    assert [storage.name(p) for p in fs.find(path)] == ["in.wav"]  # no probe object left behind
+
+
+@pytest.mark.integration
+def test_preflight_refuses_s3_directories_and_missing_objects(s3_tmp, s3_bucket):
+    storage.write_text(storage.join(s3_tmp, "dir", "a.txt"), "x")
+    d = storage.join(s3_tmp, "dir")
+    assert _input_error(storage.check_output_path, d) == f"{d}: is a directory, expected a file path"
+    assert _input_error(storage.check_output_path, s3_bucket) == (
+        f"{s3_bucket}: has no object key (expected s3://bucket/key)")
+    missing = storage.join(s3_tmp, "missing.wav")
+    assert _input_error(storage.check_readable, missing) == f"{missing}: not found"
+    obj = storage.join(s3_tmp, "dir", "a.txt")
+    assert _input_error(storage.check_writable_dir, obj) == (
+        f"{obj}: is an object (a file), expected a prefix (directory)")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("key_env,value", [("AWS_SECRET_ACCESS_KEY", "wrong-secret"),
+                                           ("AWS_ACCESS_KEY_ID", "nobody-knows-me")])
+def test_preflight_names_wrong_s3_credentials(s3_tmp, monkeypatch, key_env, value):
+    uri = storage.join(s3_tmp, "in.wav")
+    storage.write_text(uri, "RIFF")
+    monkeypatch.setenv(key_env, value)
+    for fn, target in [(storage.check_readable, uri), (storage.check_writable_dir, s3_tmp),
+                       (storage.check_output_path, storage.join(s3_tmp, "out.mp4"))]:
+        message = _input_error(fn, target)
+        assert message.startswith(f"{target}: ") and "credentials" in message, message
+        assert value not in message
+    message = _input_error(storage.check_writable_dir, s3_tmp)
+    code = "SignatureDoesNotMatch" if key_env == "AWS_SECRET_ACCESS_KEY" else "InvalidAccessKeyId"
+    assert message == (f"{s3_tmp}: cannot write there: S3 rejected the credentials ({code}); "
+                       "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+
+
+@pytest.mark.integration
+def test_preflight_names_an_unreachable_s3_endpoint(s3_tmp, monkeypatch):
+    (port,) = servers.pick_free_ports(1)  # nothing listens there
+    endpoint = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv(storage.ENDPOINT_ENV, endpoint)
+    for fn, target in [(storage.check_readable, storage.join(s3_tmp, "in.wav")),
+                       (storage.check_writable_dir, s3_tmp),
+                       (storage.check_output_path, storage.join(s3_tmp, "out.mp4"))]:
+        message = _input_error(fn, target)
+        assert message.startswith(f"{target}: ") and f"cannot reach the S3 endpoint {endpoint}" in message, message
+
+
+@pytest.mark.parametrize("content,words", [
+    (b'{"format": 1, "items": {"a": {"key"', "manifest is corrupt (not JSON"),
+    (b"\xff\xfe\x00garbage", "manifest is corrupt (not JSON"),
+    (b'{"format": 99, "items": {}}', "not a manifest of format 1"),
+    (b'["a", "b"]', "not a manifest of format 1"),
+    (b'{"format": 1, "items": {"a": 5}}', "manifest is corrupt (entry 'a' is not an object)"),
+])
+def test_corrupt_manifest_is_one_line_naming_it(root, content, words):
+    from lipsync.dub.report import manifest_uri, read_manifest, write_manifest
+
+    assert read_manifest(root) == {}
+    uri = manifest_uri(root)
+    storage.write_bytes(uri, content)
+    message = _input_error(read_manifest, root)
+    assert message.startswith(f"{uri}: {words}") and message.endswith("move it aside to start over, or restore it")
+    write_manifest(root, {"a": {"key": {}, "output": "x", "frames": 3}})
+    assert read_manifest(root) == {"a": {"key": {}, "output": "x", "frames": 3}}
+
+
 # --- the server helpers ----------------------------------------------------------------------
 
 

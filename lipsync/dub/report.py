@@ -66,13 +66,31 @@ def manifest_uri(output_root: str) -> str:
 
 
 def read_manifest(output_root: str) -> dict[str, dict[str, Any]]:
-    """id -> entry of the finished items; empty when there is no manifest yet."""
+    """id -> entry of the finished items; empty when there is no manifest yet.
+
+    InputError(manifest URI, reason) when it cannot be read or is not a manifest of this
+    format (corrupt JSON, other content): one line, before any work, since a run that ignored
+    it would re-render (or overwrite) every finished item.
+    """
+    import json
+
+    from lipsync.errors import InputError
+
     uri = manifest_uri(output_root)
-    if not storage.exists(uri):
-        return {}
-    data = storage.read_json(uri)
+    fix = "move it aside to start over, or restore it"
+    with storage.as_input_error(uri):
+        if not storage.exists(uri):
+            return {}
+        raw = storage.read_bytes(uri)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise InputError(uri, f"manifest is corrupt (not JSON: {' '.join(str(exc).split())[:80]}); {fix}") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("items"), dict):
-        raise ValueError(f"{uri}: not a manifest of format {MANIFEST_FORMAT}")
+        raise InputError(uri, f"not a manifest of format {MANIFEST_FORMAT}; {fix}")
+    bad = [k for k, v in data["items"].items() if not isinstance(v, dict)]
+    if bad:
+        raise InputError(uri, f"manifest is corrupt (entry {bad[0]!r} is not an object); {fix}")
     return data["items"]
 
 

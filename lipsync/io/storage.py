@@ -3,8 +3,9 @@
 This is the only module that imports fsspec. Everything else passes URIs (plain strings) around
 and calls the functions below; see docs/STORAGE.md for the guarantees.
 
-S3 endpoint and credentials come from the environment, so Ray workers and `ray job submit`
-entry points inherit them (pass them in the job's runtime_env `env_vars`):
+S3 endpoint and credentials come from the environment (docs/STORAGE.md). The endpoint may
+travel in a job's runtime_env; credentials never do (Ray logs runtime envs in plain text): on a
+cluster they come from the nodes (instance role, shared credentials file, `ray start`'s env).
   LIPSYNC_S3_ENDPOINT (else AWS_ENDPOINT_URL)   e.g. http://127.0.0.1:8333; unset means AWS
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY      unset means boto's default chain (IAM role, ...)
   LIPSYNC_CACHE_DIR                             root of cached_local_dir's cache
@@ -449,3 +450,167 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# preflight: check inputs and outputs before any work, one line per problem
+
+PREFLIGHT_CONNECT_TIMEOUT_S = 3.0  # an endpoint that does not answer fails within seconds
+PREFLIGHT_READ_TIMEOUT_S = 10.0
+PREFLIGHT_ATTEMPTS = 2  # per request (botocore), and s3fs's own retries of transient errors
+_PROBE_PREFIX = ".lipsync-write-check-"
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                     "AuthorizationHeaderMalformed", "InvalidClientTokenId", "TokenRefreshRequired"}
+
+
+def _preflight_fs(uri: Uri) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of `uri`; for S3 a fresh client with short timeouts and few retries."""
+    if protocol(uri) != "s3":
+        return filesystem(uri)
+    opts = s3_options()
+    opts["config_kwargs"] = {"connect_timeout": PREFLIGHT_CONNECT_TIMEOUT_S,
+                             "read_timeout": PREFLIGHT_READ_TIMEOUT_S,
+                             "retries": {"total_max_attempts": PREFLIGHT_ATTEMPTS, "mode": "standard"}}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **opts)
+    fs.retries = PREFLIGHT_ATTEMPTS
+    return fs, fs._strip_protocol(_as_str(uri))
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        yield node
+        node = node.__cause__ or node.__context__
+
+
+def storage_failure_reason(exc: BaseException, uri: Uri) -> str:
+    """One line saying why an access to `uri` failed (botocore, aiohttp and OS errors)."""
+    import errno
+
+    names = {type(e).__name__ for e in _causes(exc)}
+    endpoint = s3_endpoint() or "AWS S3"
+    if is_remote(uri):
+        for e in _causes(exc):
+            code = str(getattr(e, "response", {}).get("Error", {}).get("Code", "")) if hasattr(e, "response") else ""
+            if code in _CREDENTIAL_CODES:
+                return f"S3 rejected the credentials ({code}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            if code in {"403", "AccessDenied", "AllAccessDisabled"}:
+                return ("access denied by S3 (403): wrong credentials, or they may not use this bucket; "
+                        "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+            if code == "NoSuchBucket":
+                return "the bucket does not exist"
+        if names & {"NoCredentialsError", "PartialCredentialsError"}:
+            return "no S3 credentials found (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or use an instance role)"
+        if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionRefusedError",
+                    "ClientConnectorError", "ConnectionError", "ReadTimeoutError", "ServerDisconnectedError",
+                    "TimeoutError", "FSTimeoutError"}:
+            return (f"cannot reach the S3 endpoint {endpoint} (connection refused or timed out; "
+                    f"check {ENDPOINT_ENV})")
+        if isinstance(exc, PermissionError):
+            return f"access denied by S3 ({' '.join(str(exc).split())[:120]})"
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, NotADirectoryError):
+        return "a parent of this path is a file, not a directory"
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if getattr(exc, "errno", None) == errno.EROFS:
+        return "read-only file system"
+    if getattr(exc, "errno", None) == errno.ENOSPC:
+        return "no space left on the device"
+    text = " ".join(str(exc).split())[:160]
+    return f"storage error ({type(exc).__name__}: {text})" if text else f"storage error ({type(exc).__name__})"
+
+
+@contextlib.contextmanager
+def as_input_error(uri: Uri, doing: str = "") -> Iterator[None]:
+    """Turn any storage failure inside the block into InputError(uri, reason)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:  # botocore/aiohttp/OS errors: all become one line naming the URI
+        reason = storage_failure_reason(exc, uri)
+        raise InputError(_as_str(uri), f"{doing}: {reason}" if doing else reason) from None
+
+
+def check_readable(uri: Uri) -> None:
+    """InputError(uri, reason) unless `uri` (a file or a directory) exists and can be read.
+
+    Reads one byte of a file (or lists a directory), so missing files, wrong credentials, an
+    unreachable endpoint and unreadable local files all fail here, within a few seconds.
+    """
+    fs, path = _preflight_fs(uri)
+    with as_input_error(uri):
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            fs.ls(path, detail=False)
+        elif is_remote(uri):
+            fs.cat_file(path, start=0, end=1)
+        else:
+            with open(path, "rb") as f:
+                f.read(1)
+
+
+def check_writable_dir(uri: Uri) -> None:
+    """InputError(uri, reason) unless files can be written under the directory (or prefix) `uri`.
+
+    Local: the directory is created when missing (as writes would), must not be a file, and a
+    probe file is created in it and removed. S3: a probe object is written under the prefix and
+    deleted, which fails on wrong credentials, a missing bucket (where the server does not
+    create one) or an unreachable endpoint.
+    """
+    fs, path = _preflight_fs(uri)
+    probe = posixpath.join(path.rstrip("/"), _PROBE_PREFIX + uuid.uuid4().hex)
+    if not is_remote(uri):
+        with as_input_error(uri):
+            target = Path(path)
+            if target.exists() and not target.is_dir():
+                raise InputError(_as_str(uri), "is a file, expected a directory")
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(_as_str(uri), f"cannot create the directory: {storage_failure_reason(exc, uri)}"
+                                 ) from None
+            try:
+                fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except OSError as exc:
+                raise InputError(_as_str(uri), f"directory is not writable: {storage_failure_reason(exc, uri)}"
+                                 ) from None
+            os.close(fd)
+            os.unlink(probe)
+        return
+    with as_input_error(uri):
+        if path.rstrip("/").count("/") > 0 and fs.isfile(path.rstrip("/")):
+            raise InputError(_as_str(uri), "is an object (a file), expected a prefix (directory)")
+    with as_input_error(uri, "cannot write there"):
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+
+
+def check_output_path(uri: Uri) -> None:
+    """InputError(uri, reason) unless a file can be published at `uri`.
+
+    The path must not be a directory (an existing one, a prefix with objects under it, or a
+    URI ending in "/"), and its parent must be a writable directory (check_writable_dir).
+    Whether an existing file there may be replaced is the caller's overwrite decision.
+    """
+    text = _as_str(uri)
+    if text.endswith("/") or text.endswith(os.sep):
+        raise InputError(text, "is a directory path, expected a file path")
+    fs, path = _preflight_fs(uri)
+    if is_remote(uri) and "/" not in path.strip("/"):
+        raise InputError(text, "has no object key (expected s3://bucket/key)")
+    with as_input_error(uri):
+        if fs.isdir(path):
+            raise InputError(text, "is a directory, expected a file path")
+    parent = posixpath.dirname(text) if "://" in text else os.path.dirname(os.path.abspath(text))
+    try:
+        check_writable_dir(parent)
+    except InputError as exc:
+        raise InputError(text, f"its directory {parent}: {exc.problem}") from None

@@ -85,11 +85,11 @@ def load_audio(audio_path: str | Path, cfg: RenderConfig, sample_rate: int) -> n
     hint = "(raise max_audio_seconds to allow it)"
     # header durations are approximate: allow half a second, the decoded length decides exactly
     if info.duration > limit + 0.5:
-        raise InputError(audio_path, f"audio is {info.duration:.0f} s long; the maximum is {limit:.0f} s {hint}")
+        raise InputError(audio_path, f"audio is {info.duration:.0f} s long; the maximum is {limit:g} s {hint}")
     max_samples = int(limit * sample_rate)
     wav = media.read_audio(audio_path, sample_rate, max_samples=max_samples, info=info)
     if wav.size > max_samples:
-        raise InputError(audio_path, f"audio is longer than {limit:.0f} s; the maximum is {limit:.0f} s {hint}")
+        raise InputError(audio_path, f"audio is longer than the maximum of {limit:g} s {hint}")
     if wav.size < sample_rate / 25:  # less than one video frame
         raise InputError(audio_path, "audio is shorter than one video frame (40 ms)")
     return wav
