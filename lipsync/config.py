@@ -23,7 +23,7 @@ import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Mapping, TypeVar
+from typing import Annotated, Any, Literal, Mapping, TypeVar
 
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError
@@ -42,6 +42,7 @@ PositiveFloat = Annotated[float, Field(gt=0.0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Crf = Annotated[int, Field(ge=0, le=51)]  # x264: 0 lossless .. 51 worst
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]  # lipsync.runtime.resolve_device
+Precision = Literal["auto", "fp32", "bf16"]  # lipsync.runtime.autocast_dtype
 
 
 class ConfigError(InputError):
@@ -131,7 +132,7 @@ class RenderConfig:
 
     batch_size: PositiveInt = 1  # frames per generator forward (1 is fastest on CPU, see BENCHMARKS.md)
     device: Device = "auto"
-    bf16: bool = True  # autocast on GPU only (lipsync.runtime)
+    precision: Precision = "auto"  # auto: bf16 where the device computes it natively (lipsync.runtime)
     channels_last: bool = True  # measured faster on CPU for this UNet
     crf: Crf = 20
     crf_enhance: Crf = 18
@@ -236,7 +237,7 @@ class TrainConfig:
     sync_audio_offset: int = -2
     sync_augment: bool = False  # SyncNet training faces: random shifts within the crop margin + mirroring
     device: Device = "auto"
-    bf16: bool = True  # bf16 autocast for forward passes on CUDA (lipsync.runtime)
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (lipsync.runtime)
     loader_workers: NonNegativeInt = 0  # DataLoader worker processes (items are cheap: crops are preloaded)
     vgg_weights: str | None = None  # local path/URI of a torchvision-layout VGG19 state dict
     audio_encoder: str | None = None  # pretrained AudioEncoder (SyncTalk_2D audio_visual_encoder.pth)

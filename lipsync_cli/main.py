@@ -40,6 +40,7 @@ LOG_DIR_ENV = "LIPSYNC_LOG_DIR"  # where tracebacks of unexpected errors go (def
 
 ConfigOption = typer.Option(None, "--config", help="YAML config (default: the command's file in configs/)")
 SetOption = typer.Option([], "--set", help="config override key=value (repeatable, dotted keys for sections)")
+PrecisionOption = typer.Option(None, "--precision", help="auto | fp32 | bf16 (auto: bf16 where the device has it natively)")
 
 
 @app.callback()
@@ -142,13 +143,15 @@ def render(
     enhance: bool = typer.Option(False, "--enhance", help="higher quality encode (crf_enhance instead of crf)"),
     crf: Optional[int] = typer.Option(None, "--crf", help="explicit x264 CRF (0 = lossless, for tests)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    precision: Optional[str] = PrecisionOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
     config: Optional[Path] = ConfigOption,
     set_: List[str] = SetOption,
 ) -> None:
     """Dub one audio file into a video of a trained character."""
     with reported_errors("render"):
-        cfg = load_config(RenderConfig, config, set_, {"batch_size": batch_size, "device": device, "crf": crf})
+        cfg = load_config(RenderConfig, config, set_, {"batch_size": batch_size, "device": device, "crf": crf,
+                                                       "precision": precision})
         with progress_bar("render") as update:
             result = run_render(character, audio, output, cfg, enhance=enhance and crf is None,
                                 start_frame=start_frame, overwrite=overwrite, progress=lambda d, t: update(d, t))
@@ -232,16 +235,17 @@ def eval_(
     strip: Optional[str] = typer.Option(None, "--strip", help="PNG strip real | generated | shuffled"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="evaluate only the first N held-out frames"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    precision: Optional[str] = PrecisionOption,
     config: Optional[Path] = ConfigOption,
     set_: List[str] = SetOption,
 ) -> None:
     """Self-reconstruction on the held-out frames: PSNR/SSIM, lip distance, sync vs shuffled audio.
 
-    The generator runs with configs/render.yaml's settings, as in a dub.
+    The generator runs with configs/render.yaml's settings (and --precision), as in a dub.
     """
     with reported_errors("eval"):
         cfg = load_config(EvalConfig, config, set_, {"device": device})
-        render_cfg = load_config(RenderConfig)
+        render_cfg = load_config(RenderConfig, flags={"precision": precision})
         with progress_bar("eval") as update:
             result = evaluate(dataset, character, json_out, strip_png=strip, max_frames=max_frames, cfg=cfg,
                               render_cfg=render_cfg, progress=lambda d, t: update(d, t))

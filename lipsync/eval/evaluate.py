@@ -56,6 +56,9 @@ EVAL_FORMAT = 1
 VARIANTS = ("generated", "shuffled", "template")
 
 
+PAIRING_KEYS = ("val_fraction", "sync_audio_offset")  # read from bundle.json train.config
+
+
 @dataclass(frozen=True)
 class TrainingPairing:
     """What the character was trained with, which eval must match: the held-out split and the
@@ -106,9 +109,9 @@ def training_pairing(character: Character, cfg: EvalConfig, uri: str) -> Trainin
     """The held-out fraction and SyncNet pairing the character was trained with (bundle.json
     train.config); EvalConfig values that are set override them."""
     recorded = (character.train or {}).get("config")
-    if recorded:
-        try:
-            trained = from_dict(TrainConfig, recorded)
+    if isinstance(recorded, dict) and recorded:
+        try:  # only the two settings eval needs: a bundle from an older version may record others
+            trained = from_dict(TrainConfig, {k: recorded[k] for k in PAIRING_KEYS if k in recorded})
         except ConfigError as exc:
             raise InputError(uri, f"bundle records an unreadable training config ({exc.problem})") from None
         source = "bundle"

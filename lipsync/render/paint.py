@@ -40,7 +40,7 @@ def paint(character: Character, inputs: np.ndarray, audio: np.ndarray, cfg: Rend
     a = torch.from_numpy(audio).to(device, non_blocking=True)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(device, cfg.bf16):
+    with torch.inference_mode(), autocast(device, cfg.precision):
         out = character.generator(x, a)
     return out.float().cpu().numpy()
 

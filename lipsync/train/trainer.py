@@ -233,7 +233,7 @@ class Trainer:
         self.syncnet_model.train()
         timer = StepTimer()
         for batch in self.batches(loader, self.syncnet_step):
-            with autocast(self.device, cfg.bf16):
+            with autocast(self.device, cfg.precision, training=True):
                 loss, sim = syncnet_loss(self.syncnet_model, batch["face"], batch["mel"], batch["label"],
                                          face_size)
             self._step(self.syncnet_optim, loss, self.syncnet.parameters())
@@ -259,7 +259,7 @@ class Trainer:
         self.syncnet.eval()
         for batch in DataLoader(pairs, batch_size=cfg.syncnet_batch_size):
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            with autocast(self.device, cfg.bf16):
+            with autocast(self.device, cfg.precision, training=True):
                 _, sim = syncnet_loss(self.syncnet, batch["face"], batch["mel"], batch["label"],
                                       tuple(self.syncnet.config.face_size))
             sims.append(sim.float())
@@ -318,7 +318,7 @@ class Trainer:
 
     def generator_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return generator_forward(model, self.loss_fn, batch, self.device, self.cfg.bf16,
+        return generator_forward(model, self.loss_fn, batch, self.device, self.cfg.precision,
                                  use_sync=step >= self.cfg.sync_loss_after)
 
     def _val_samples(self) -> GeneratorSamples:
@@ -452,10 +452,10 @@ def run_summary(state: dict[str, Any], metrics: MetricsLog, world_size: int, dev
 
 
 def generator_forward(model: nn.Module, loss_fn: GeneratorLoss, batch: dict[str, torch.Tensor],
-                      device: torch.device, bf16: bool, use_sync: bool = True
+                      device: torch.device, precision: str, use_sync: bool = True
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One generator forward on a GeneratorSamples batch (already on `device`): (loss, parts)."""
-    with autocast(device, bf16):
+    with autocast(device, precision, training=True):
         pred = model(batch["input"], batch["audio"])  # (N, 6, S, S) -> (N, 3, S, S)
         return loss_fn(pred, batch["target"], batch["mel"], use_sync=use_sync)
 
