@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, REPO, machine_line, media_file, record_section  # noqa: E402
+from common import CACHE, REPO, machine_line, media_file, record_section
 
 SECTION = "Long audio: memory of validating and planning (bench/long_audio.py)"
 SOURCE = "iplap_audio2.wav"  # 21 s of speech, looped
@@ -161,7 +161,7 @@ def main() -> int:
     cases += [("plan", short, "21 s")] + [("plan", files[h], f"{h:g} h") for h in hours if h * 3600 <= 3600]
     if args.render:
         cases += [("render", short, "21 s")] + [("render", files[h], f"{h:g} h") for h in hours if h * 3600 <= 3600]
-    rows = [f"| case | audio | wall s | peak RSS MB (after imports) | outcome |", "|---|---|---|---|---|"]
+    rows = ["| case | audio | wall s | peak RSS MB (after imports) | outcome |", "|---|---|---|---|---|"]
     print(f"lipsync from {root}")
     for case, audio, label in cases:
         r = child(case, audio, root, bundle)

@@ -474,3 +474,63 @@ def run_ray_job(head: RayHead, entrypoint_args: Sequence[str], working_dir: Path
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         return 124, out + f"\n[run_ray_job] timed out after {timeout:.0f} s"
     return done.returncode, done.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# fault injection (tests/test_faults.py): restart a stopped server, find a head's processes
+
+
+def restart_s3_server(server: S3Server, timeout_s: float = S3_START_TIMEOUT_S) -> float:
+    """Start `weed mini` again for a stopped `server`: same ports, data dir and credentials.
+
+    `server.proc` and `server.log_path` then name the new process and its log (the old log is
+    kept beside it). Returns the seconds until its S3 API accepted requests again.
+    """
+    weed = weed_binary()
+    if weed is None:
+        raise FileNotFoundError("weed")
+    workdir = server.data_dir.parent
+    remove_weed_sockets(server.ports)  # left by the stopped process; ours (our ports)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": server.key, "AWS_SECRET_ACCESS_KEY": server.secret}
+    env.pop("S3_BUCKET", None)
+    n = len(list(workdir.glob("weed*.log")))
+    log_path = workdir / f"weed-{n}.log"
+    t0 = time.monotonic()
+    server.proc = launch_in_own_group(weed_mini_command(weed, server.data_dir, workdir / "logs", server.ports),
+                                      log_path, env=env, cwd=workdir)
+    server.log_path = log_path
+    try:
+        wait_until(lambda: port_answers(server.ports["s3"]), timeout_s=timeout_s, proc=server.proc,
+                   what="SeaweedFS (weed mini, restarted)", log_path=log_path)
+        wait_until(lambda: s3_accepts_requests(server), timeout_s=timeout_s - (time.monotonic() - t0),
+                   proc=server.proc, what="SeaweedFS S3 API (restarted)", log_path=log_path)
+    except BaseException:
+        server.stop()
+        raise
+    return time.monotonic() - t0
+
+
+def head_processes(head: RayHead, needle: str) -> list:
+    """Live processes of `head` whose command line (Ray's process title) contains `needle`.
+
+    A process counts as the head's only when it is in the session `start_ray_head` created (its
+    session id is the launcher's PID) and that launcher is among its ancestors: processes of
+    any other Ray on the machine never match. Returns psutil.Process objects.
+    """
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == head.proc.pid:
+                continue
+            if needle not in " ".join(proc.info["cmdline"] or ()):
+                continue
+            if os.getsid(proc.pid) != head.proc.pid:
+                continue
+            if head.proc.pid not in {p.pid for p in proc.parents()}:
+                continue
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+        found.append(proc)
+    return found

@@ -3,7 +3,12 @@
 Input is float32 mono audio at `AudioConfig.sample_rate` (decoding is lipsync.io.media's job).
 """
 
-from lipsync.audio.features import context_range, context_stack, encode_frames, iter_features
+from lipsync.audio.features import (
+    context_range,
+    context_stack,
+    encode_frames,
+    iter_features,
+)
 from lipsync.audio.mel import (
     MelStream,
     mel_window_start,

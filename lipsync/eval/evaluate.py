@@ -253,6 +253,9 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
     """
     started = time.perf_counter()
     # 1. check inputs, load the character and the dataset's arrays
+    for out in (out_json, strip_png):
+        if out:
+            storage.check_output_path(out)
     root, meta = _check_inputs(dataset_dir, max_frames)
     if character is None:
         character = load_character(character_uri, device=resolve_device(cfg.device))

@@ -601,7 +601,7 @@ def check_output_path(uri: Uri) -> None:
     Whether an existing file there may be replaced is the caller's overwrite decision.
     """
     text = _as_str(uri)
-    if text.endswith("/") or text.endswith(os.sep):
+    if text.endswith(("/", os.sep)):
         raise InputError(text, "is a directory path, expected a file path")
     fs, path = _preflight_fs(uri)
     if is_remote(uri) and "/" not in path.strip("/"):

@@ -21,8 +21,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from lipsync.audio.features import context_range, encode_frames
-from lipsync.audio.mel import mel_windows, melspectrogram, num_video_frames
+from lipsync.audio.features import context_range, iter_features
+from lipsync.audio.mel import num_video_frames
 from lipsync.bundle import Character, load_character
 from lipsync.config import RenderConfig
 from lipsync.errors import InputError, OutputExistsError
@@ -105,8 +105,6 @@ def audio_features(character: Character, wav, batch_size: int = 64) -> np.ndarra
     and the encoder run chunk by chunk (lipsync.audio.iter_features), so besides the result only
     bounded blocks are held; for an array the result is allocated once, N known in advance.
     """
-    from lipsync.audio.features import iter_features
-
     cfg = character.audio
     device = next(character.audio_encoder.parameters()).device
     if isinstance(wav, np.ndarray):
@@ -278,11 +276,13 @@ def render(character_uri: str, audio_uri: str, out_uri: str, cfg: RenderConfig =
            enhance: bool = False, crf: int | None = None, start_frame: int = 0, overwrite: bool = False,
            progress: ProgressFn | None = None, character: Character | None = None) -> RenderResult:
     """Dub `audio_uri` with the character at `character_uri`; the mp4 appears at `out_uri` only when done."""
-    # 1. check inputs and output
-    if storage.exists(out_uri) and not overwrite:
-        raise OutputExistsError(out_uri)
+    # 1. check inputs and output (storage problems are one line here, before any work)
     if start_frame < 0:
         raise InputError(None, f"--start-frame must be >= 0, got {start_frame}")
+    storage.check_output_path(out_uri)
+    if storage.exists(out_uri) and not overwrite:
+        raise OutputExistsError(out_uri)
+    storage.check_readable(audio_uri)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     # 2. load the character (once), decode the audio, compute features
