@@ -1,37 +1,53 @@
-"""Batch dubbing on Ray: plan tasks -> Ray Data render actors -> stitch tasks -> report.
+"""Batch dubbing on Ray, streamed: one Ray Data pipeline plan -> render, stitch tasks, a report.
 
-    catalog rows --plan (Ray tasks, parallel)--> ItemPlans (skip | render: features + shards)
-    shard rows --Ray Data map_batches(RenderShards, actors)--> one segment per shard (in storage)
-    all shards of an item done --stitch (Ray task)--> output.mp4 published, manifest entry
-    --> <output_root>/_reports/<timestamp>.json + summary
+    catalog rows --flat_map(plan_rows, tasks)--> one row per shard (or one status row per skipped/failed item)
+                 --map_batches(RenderShards, actors)--> one segment per shard (in storage), a row back
+    the driver iterates the rows as they stream out; an item's last shard --> stitch (Ray task)
+    --> output.mp4 published, _manifest/<id>.json, work prefix deleted
+    --> <output_root>/_reports/<timestamp>.json + summary (and <timestamp>-progress.json while running)
+
+Streaming: planning and rendering are two operators of one Ray Data dataset, so the first shard
+renders while later items are still planned, with Ray Data's backpressure between them; there
+is no global barrier and no scheduler here. Rows carry what the render actor and the stitcher
+need (item id, shard range, n_shards, the plan as JSON), so the driver keeps only the items in
+flight (shards still out, stitches queued or running); a finished item leaves memory: its
+result goes to a spool file for the final report, its manifest record to storage. Stitches in
+flight are bounded (max_concurrent_stitches); when more items wait for a stitch than a few
+times that, the driver stops reading rows, and Ray Data's backpressure holds the pipeline.
 
 Render stage: Ray Data `map_batches` with a callable class, i.e. a pool of actors that each load
 a model replica once (`__init__`) and render one shard per call (`batch_size=1`: a shard is
-already ~250 frames of work). Ray Data gives the pool its scheduling, autoscaling between
-`(min, max)` actors, backpressure and actor restarts; rows are streamed back to this driver as
-they finish, so items are stitched while other items still render. An explicit ActorPool would
-need all of that written here.
+already ~250 frames of work; every row is its own block, see `_one_row_blocks`). Ray Data gives
+the pool its scheduling, autoscaling between `(min, max)` actors, backpressure and actor
+restarts. Plan tasks and actors share the cluster: where a fixed pool would leave no CPU for a
+plan task, the pool starts smaller and grows to `actors` (`actor_pool`).
 
-Failures are per item: a bad audio or bundle fails that item in planning; a shard that raises is
-reported as a row with its error (the actor catches it, so one bad item cannot fail the dataset);
-the item then fails and its finished segments stay in `_work/` to be reused by a re-run. A failed
-stitch keeps them too: segments are deleted only after a verified publish is in the manifest.
-Transient storage errors (a dropped connection, a timeout, S3 SlowDown/5xx) are retried with
-backoff inside the plan task, the render actor and the stitch task (lipsync.dub.retry) before
-they fail the item; permanent ones (missing file, refused credentials, bad media) fail it at once.
+Failures are per item: a bad audio or bundle fails that item in planning (a status row); a
+shard that raises is reported as a row with its error (the actor catches it, so one bad item
+cannot fail the dataset); the item then fails and its finished segments stay in `_work/` to be
+reused by the next run of that item. A failed stitch keeps them too: segments are deleted only
+after a verified publish has its manifest record. Transient storage errors (a dropped
+connection, a timeout, S3 SlowDown/5xx) are retried with backoff inside the plan task, the render
+actor and the stitch task (lipsync.dub.retry) before they fail the item; permanent ones (missing
+file, refused credentials, bad media) fail it at once.
 
 Without an address (and outside a Ray job) a private local Ray is started, bound to 127.0.0.1
 with no dashboard: nothing of it is reachable from the network (`init_ray`).
 
-Everything here is glue: the work is done by lipsync.dub (plan, stitch, report) and
-lipsync.render (render_segment), which do not import Ray.
+Everything here is glue: the work is done by lipsync.dub (plan, stitch, manifest, progress,
+report) and lipsync.render (render_segment), which do not import Ray.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
+import math
 import os
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,8 +59,10 @@ import torch
 
 from lipsync.bundle import load_character
 from lipsync.config import DubConfig, to_dict
+from lipsync.dub import manifest
 from lipsync.dub import plan as P
 from lipsync.dub.catalog import CatalogItem, read_catalog
+from lipsync.dub.progress import progress_record, progress_uri, write_progress_record
 from lipsync.dub.report import (
     ItemResult,
     Progress,
@@ -53,7 +71,6 @@ from lipsync.dub.report import (
     one_line,
     read_manifest,
     report_uri,
-    write_manifest,
     write_report,
 )
 from lipsync.dub.retry import call_with_retries
@@ -67,6 +84,8 @@ from lipsync.runtime import resolve_device
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 3  # the run finished; the report says which items failed
 LOCAL_RAY_IP = "127.0.0.1"  # the embedded Ray listens here only
+PLAN_BLOCKS_MAX = 1000  # catalog blocks (plan tasks); larger catalogs put several items in a block
+STITCH_BACKLOG_PER_SLOT = 4  # items waiting for a stitch, per stitch slot, before the driver stops reading
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +123,44 @@ def plan_one(item: CatalogItem, output_root: str, run: str, cfg: DubConfig,
                           seconds=time.perf_counter() - started)
 
 
+STR_COLUMNS = ("item_id", "kind", "character", "feats", "segment", "plan", "result", "error")
+
+
+def catalog_rows(items: list[CatalogItem], legacy: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """The pipeline's input: each item (and its legacy `_manifest.json` entry, if any) as JSON."""
+    return [{"item": json.dumps(dataclasses.asdict(i)), "legacy": json.dumps(legacy.get(i.id))} for i in items]
+
+
+def plan_rows(row: dict[str, Any], output_root: str, run: str, cfg: DubConfig, overwrite: bool
+              ) -> list[dict[str, Any]]:
+    """Ray Data flat_map: plan one catalog row into its shard rows, or one status row.
+
+    The item's manifest record is read here (one small read per item, on a worker): the
+    driver never holds the manifest.
+    """
+    item = CatalogItem(**json.loads(row["item"]))
+    legacy = json.loads(row["legacy"])
+    try:
+        entry = call_with_retries(lambda: manifest.read_entry(output_root, item.id, legacy),
+                                  what=f"read manifest record {item.id}")
+    except Exception as e:  # noqa: BLE001 - the item's failure
+        return [status_row(ItemResult(item.id, "failed", item.output, error=one_line(e), row=item.row))]
+    outcome = plan_one(item, output_root, run, cfg, entry, overwrite)
+    if isinstance(outcome, ItemResult):
+        return [status_row(outcome)]
+    if outcome.status == "skipped":
+        return [status_row(ItemResult(item.id, "skipped", item.output, frames=outcome.n_frames, row=item.row,
+                                      seconds=outcome.seconds), outcome)]
+    return shard_rows([outcome], cfg)
+
+
+def status_row(result: ItemResult, plan: P.ItemPlan | None = None) -> dict[str, Any]:
+    """A row for an item that renders nothing (failed or skipped); it passes the actors untouched."""
+    return {"item_id": result.id, "kind": result.status, "shard_index": 0, "n_shards": 0, "frame_start": 0,
+            "frame_end": 0, "character": "", "feats": "", "segment": "", "crf": 0, "start_frame": 0,
+            "plan": P.plan_to_json(plan) if plan is not None else "", "result": json.dumps(dataclasses.asdict(result))}
+
+
 # ---------------------------------------------------------------------------------------------
 # render (Ray Data callable class = actor pool)
 
@@ -133,8 +190,9 @@ class RenderShards:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["item_id"]))]
-        results = [self.render_row(row) for row in rows]
-        return {k: np.array([r[k] for r in results], dtype=object if k in ("item_id", "error") else None)
+        results = [self.render_row(row) if str(row.get("kind", "shard")) == "shard" else passed_through(row)
+                   for row in rows]
+        return {k: np.array([r[k] for r in results], dtype=object if k in STR_COLUMNS else None)
                 for k in results[0]}
 
     def render_row(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -145,8 +203,7 @@ class RenderShards:
         """
         started = time.perf_counter()
         a, b = int(row["frame_start"]), int(row["frame_end"])
-        out = {"item_id": str(row["item_id"]), "shard_index": int(row["shard_index"]), "frames": b - a,
-               "reused": False, "seconds": 0.0, "error": ""}
+        out = {**row_passport(row), "frames": b - a, "reused": False, "seconds": 0.0, "error": ""}
         segment = str(row["segment"])
 
         def render() -> bool:
@@ -167,6 +224,17 @@ class RenderShards:
         return out
 
 
+def row_passport(row: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an input row that the driver needs back with the actor's result."""
+    return {"item_id": str(row["item_id"]), "kind": str(row.get("kind", "shard")),
+            "shard_index": int(row["shard_index"]), "n_shards": int(row.get("n_shards", 0)),
+            "plan": str(row.get("plan", "")), "result": str(row.get("result", ""))}
+
+
+def passed_through(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row_passport(row), "frames": 0, "reused": False, "seconds": 0.0, "error": ""}
+
+
 def segment_is_complete(uri: str, frames: int) -> bool:
     """A segment exists at `uri` and holds `frames` video frames (a truncated or corrupt one does not)."""
     if not storage.exists(uri):
@@ -179,32 +247,64 @@ def segment_is_complete(uri: str, frames: int) -> bool:
 
 
 def shard_rows(plans: list[P.ItemPlan], cfg: DubConfig) -> list[dict[str, Any]]:
-    """One Ray Data row per shard, carrying what an actor needs to render it."""
+    """One Ray Data row per shard, carrying what an actor needs to render it and what the
+    driver needs to stitch the item (the plan as JSON, the shard count)."""
     rows = []
     for p in plans:
+        plan_json = P.plan_to_json(p)
         for s in p.shards:
-            rows.append({"item_id": s.item_id, "shard_index": s.index, "frame_start": s.frame_start,
-                         "frame_end": s.frame_end, "character": p.item.character, "feats": p.feats,
-                         "segment": P.segment_uri(p.work, s.index), "crf": P.item_crf(p.item, cfg.render),
-                         "start_frame": p.item.start_frame})
+            rows.append({"item_id": s.item_id, "kind": "shard", "shard_index": s.index, "n_shards": len(p.shards),
+                         "frame_start": s.frame_start, "frame_end": s.frame_end, "character": p.item.character,
+                         "feats": p.feats, "segment": P.segment_uri(p.work, s.index),
+                         "crf": P.item_crf(p.item, cfg.render), "start_frame": p.item.start_frame,
+                         "plan": plan_json, "result": ""})
     return rows
 
 
-def render_dataset(rows: list[dict[str, Any]], cfg: DubConfig, device: str) -> ray.data.Dataset:
-    """The shard rows mapped through a pool of RenderShards actors (one block per shard)."""
-    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+def dub_dataset(items: list[CatalogItem], legacy: dict[str, dict[str, Any]], output_root: str, run: str,
+                cfg: DubConfig, device: str, overwrite: bool) -> ray.data.Dataset:
+    """Catalog rows -> plan tasks (flat_map) -> the RenderShards actor pool, streamed."""
+    rows = catalog_rows(items, legacy)
+    planned = ray.data.from_items(rows, override_num_blocks=min(len(rows), PLAN_BLOCKS_MAX)).flat_map(
+        plan_rows, fn_kwargs={"output_root": output_root, "run": run, "cfg": cfg, "overwrite": overwrite},
+        num_cpus=cfg.plan_cpus)
+    return planned.map_batches(
         RenderShards, fn_constructor_kwargs={"cfg": cfg, "device": device}, batch_size=1,
-        compute=actor_pool(cfg, len(rows)), **actor_resources(cfg, device))
+        compute=actor_pool(cfg, len(rows), ray.cluster_resources().get("CPU", 0.0)), **actor_resources(cfg, device))
 
 
-def actor_pool(cfg: DubConfig, n_rows: int) -> ray.data.ActorPoolStrategy:
-    """A fixed pool of `actors`, or min..max when max_actors is larger; never more than shards.
+@contextlib.contextmanager
+def _one_row_blocks():
+    """Every block of the run's datasets holds one row (Ray Data's target_max_block_size).
 
+    A plan task yields all shards of an item (of several items, for large catalogs) at once;
+    in one block they would go to one actor call after another. Blocks of one row let every
+    shard go to the next free actor, and let the first shard go before the task has planned
+    the rest of its block.
+    """
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.target_max_block_size, ctx.enable_progress_bars)
+    ctx.target_max_block_size, ctx.enable_progress_bars = 1, False
+    try:
+        yield
+    finally:
+        ctx.target_max_block_size, ctx.enable_progress_bars = saved
+
+
+def actor_pool(cfg: DubConfig, n_items: int, cluster_cpus: float = math.inf) -> ray.data.ActorPoolStrategy:
+    """A fixed pool of `actors`, or min..max when max_actors is larger; never more than items.
+
+    Plan tasks run next to the actors: when `actors` actors would leave less than one plan
+    task's CPUs free on the cluster, the pool starts with as many as leave room for one and
+    grows to `actors` (the planning would wait for CPUs that the idle actors hold forever).
     One shard in flight per actor: a shard is long, so queueing a second one on a busy actor
     would only leave another actor idle at the end of the run.
     """
-    low = min(cfg.actors, n_rows)
-    high = min(max(cfg.max_actors, cfg.actors), n_rows)
+    n = max(1, n_items)
+    low = min(cfg.actors, n)
+    high = min(max(cfg.max_actors, cfg.actors), n)
+    if cfg.plan_cpus > 0 and low * cfg.actor_cpus + cfg.plan_cpus > cluster_cpus:
+        low = max(1, min(low, int((cluster_cpus - cfg.plan_cpus) // cfg.actor_cpus)))
     if high > low:
         return ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=1)
     return ray.data.ActorPoolStrategy(size=low, max_tasks_in_flight_per_actor=1)
@@ -337,39 +437,62 @@ def run_dub(catalog_uri: str, output_root: str, cfg: DubConfig = DubConfig(), *,
     """
     # 1. the catalog, validated before any cluster work (cfg was validated by load_config)
     items = read_catalog(catalog_uri, output_root, allow_outputs_outside_root=cfg.allow_outputs_outside_root)
+    legacy = read_manifest(output_root)  # a legacy _manifest.json (read only); new records are per item
     started_at = datetime.now(timezone.utc)
     t_init = time.monotonic()
     started_ray = init_ray(address)
     t0 = time.monotonic()
     try:
-        return _Driver(items, catalog_uri, output_root, cfg, progress, overwrite=overwrite).run(
-            started_at, t0, t0 - t_init)
+        return _Driver(len(items), catalog_uri, output_root, cfg, progress, overwrite=overwrite,
+                       started_at=started_at).run(items, legacy, t0, t0 - t_init)
     finally:
         if started_ray:
             ray.shutdown()
 
 
-class _Driver:
-    """State of one run in the driver: plans, shard results, stitches in flight, the manifest."""
+@dataclass
+class _InFlight:
+    """An item whose shards are still out or whose stitch has not finished."""
 
-    def __init__(self, items: list[CatalogItem], catalog_uri: str, output_root: str, cfg: DubConfig,
-                 progress: ProgressFn | None, overwrite: bool = False):
-        self.items = {i.id: i for i in items}
+    plan: P.ItemPlan
+    shards_left: int
+    rendered: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+class _Driver:
+    """State of one run in the driver: counters, items in flight, stitches, the result spool.
+
+    Finished items leave memory: their ItemResult goes to a local spool file (read back once
+    for the final report), their manifest record to storage; only failures stay listed (for
+    the progress record).
+    """
+
+    def __init__(self, n_items: int, catalog_uri: str, output_root: str, cfg: DubConfig,
+                 progress: ProgressFn | None, overwrite: bool = False, started_at: datetime | None = None):
         self.catalog_uri, self.output_root, self.cfg = catalog_uri, output_root, cfg
         self.overwrite = overwrite
         self.progress_fn = progress
-        self.progress = Progress(items_total=len(items))
-        self.results: dict[str, ItemResult] = {}
-        self.plans: dict[str, P.ItemPlan] = {}
-        self.shards_left: dict[str, int] = {}
-        self.work_seconds: dict[str, float] = {}
-        self.segments: dict[str, list[int]] = {}  # item -> [rendered, reused]
+        self.progress = Progress(items_total=n_items)
+        self.started_at = started_at or datetime.now(timezone.utc)
+        self.inflight: dict[str, _InFlight] = {}
+        self.done_ids: set[str] = set()  # ids only, to ignore rows of an item that already failed
+        self.items_planned = 0
+        self.failures: list[dict[str, Any]] = []
+        self.spool = tempfile.TemporaryFile("w+", encoding="utf-8", prefix="dub-results-")  # noqa: SIM115 - closed in _spooled_results
         self.stitch_queue: list[str] = []
         self.stitching: dict[ray.ObjectRef, str] = {}
         self.stitch_seconds = 0.0
-        self.manifest: dict[str, dict[str, Any]] = {}
-        self.plan_task = ray.remote(num_cpus=cfg.plan_cpus)(plan_one)
+        self.plan_seconds = 0.0
+        self.manifest_bytes = 0
+        self.first_shard_at: float | None = None
+        self.last_shard_at: float | None = None
+        self.run_key = P.run_key(cfg)
+        self.run_info: dict[str, Any] = {}
         self.stitch_task = ray.remote(num_cpus=cfg.stitch_cpus)(stitch_one)
+        self.lock = threading.Lock()  # counters vs the progress-record thread
 
     # --- events -------------------------------------------------------------------------------
 
@@ -378,108 +501,126 @@ class _Driver:
             self.progress_fn(self.progress)
 
     def _finish(self, result: ItemResult) -> None:
-        self.results[result.id] = result
-        setattr(self.progress, f"items_{result.status}", getattr(self.progress, f"items_{result.status}") + 1)
+        with self.lock:
+            self.done_ids.add(result.id)
+            self.spool.write(json.dumps(dataclasses.asdict(result)) + "\n")
+            setattr(self.progress, f"items_{result.status}", getattr(self.progress, f"items_{result.status}") + 1)
+            if result.status == "failed":
+                self.failures.append({"id": result.id, "row": result.row, "error": result.error})
         self._tick()
 
-    def _fail(self, item_id: str, error: str) -> None:
-        if item_id in self.results:
-            return
-        item = self.items[item_id]
-        rendered, reused = self.segments.get(item_id, [0, 0])
-        self._finish(ItemResult(item_id, "failed", item.output, error=error, row=item.row,
-                                seconds=self.work_seconds.get(item_id, 0.0), segments_rendered=rendered,
-                                segments_reused=reused))
+    def _fail(self, state: _InFlight, error: str, extra_seconds: float = 0.0) -> None:
+        item = state.plan.item
+        self.inflight.pop(item.id, None)
+        self._finish(ItemResult(item.id, "failed", item.output, error=error, row=item.row,
+                                seconds=state.seconds + extra_seconds, segments_rendered=state.rendered,
+                                segments_reused=state.reused))
 
-    # --- stages -------------------------------------------------------------------------------
+    # --- the run ------------------------------------------------------------------------------
 
-    def run(self, started_at: datetime, t0: float, ray_init_s: float) -> DubRun:
+    def run(self, items: list[CatalogItem], legacy: dict[str, dict[str, Any]], t0: float,
+            ray_init_s: float) -> DubRun:
         cfg = self.cfg
-        run = P.run_key(cfg)
         device = resolve_run_device(cfg.device)
-        self.manifest = call_with_retries(lambda: read_manifest(self.output_root), what="read manifest")
+        report_at = report_uri(self.output_root, self.started_at)
+        self.run_info = {"catalog": self.catalog_uri, "output_root": self.output_root, "run_key": self.run_key,
+                         "device": device, "started_at": self.started_at.isoformat(), "config": to_dict(cfg),
+                         "overwrite": self.overwrite,
+                         "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}}
         self._tick()
-        # 2. plan every item in parallel
-        self._plan(run)
-        t_planned = time.monotonic()
-        # 3. render shards with the actor pool; stitch items as their last shard arrives
-        to_render = [p for p in self.plans.values() if p.status == "render"]
-        rows = shard_rows(to_render, cfg)
-        if rows:
-            ray.data.DataContext.get_current().enable_progress_bars = False
-            for row in render_dataset(rows, cfg, device).iter_rows():
-                self._on_shard(row)
-                self._pump_stitches(block=False)
-        t_rendered = time.monotonic()
-        # 4. the remaining stitches
-        while self.stitch_queue or self.stitching:
-            self._pump_stitches(block=True)
-        self._cleanup_run_prefix(run)
+        stop = threading.Event()
+        recorder = threading.Thread(target=self._record_progress_every, args=(progress_uri(report_at), stop),
+                                    name="dub-progress-record", daemon=True)
+        recorder.start()
+        try:
+            # 2.-3. plan -> render, streamed; stitch items as their last shard arrives
+            if items:
+                with _one_row_blocks():
+                    ds = dub_dataset(items, legacy, self.output_root, self.run_key, cfg, device, self.overwrite)
+                    del items, legacy  # the dataset holds them now; the driver keeps only items in flight
+                    for row in ds.iter_rows():
+                        self._on_row(row)
+                        self._pump_stitches(block=False)
+                        while len(self.stitch_queue) > STITCH_BACKLOG_PER_SLOT * cfg.max_concurrent_stitches:
+                            self._pump_stitches(block=True)
+            t_rendered = time.monotonic()
+            # 4. the remaining stitches
+            while self.stitch_queue or self.stitching:
+                self._pump_stitches(block=True)
+        finally:
+            stop.set()
+            recorder.join()
+            self._write_progress(progress_uri(report_at), final=False)  # the account of an interrupted run
+        self._cleanup_run_prefix()
         t_done = time.monotonic()
-        # 5. report
-        timings = {"ray_init_s": ray_init_s, "plan_s": t_planned - t0, "render_s": t_rendered - t_planned,
+        # 5. report (then the progress record goes: the report supersedes it)
+        first = (self.first_shard_at or t_rendered) - t0
+        timings = {"ray_init_s": ray_init_s, "first_shard_s": first, "plan_s": self.plan_seconds,
+                   "render_s": (self.last_shard_at or t_rendered) - (self.first_shard_at or t_rendered),
                    "stitch_s": self.stitch_seconds, "stitch_tail_s": t_done - t_rendered, "total_s": t_done - t0}
-        run_info = {"catalog": self.catalog_uri, "output_root": self.output_root, "run_key": run, "device": device,
-                    "started_at": started_at.isoformat(), "config": to_dict(cfg), "overwrite": self.overwrite,
-                    "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}}
-        ordered = [self.results[i] for i in self.items]
-        report = build_report(items=ordered, run=run_info, timings=timings)
-        uri = call_with_retries(lambda: write_report(report_uri(self.output_root, started_at), report),
-                                what="write report")
+        ordered = self._spooled_results()
+        report = build_report(items=ordered, run=self.run_info, timings=timings)
+        report["manifest_bytes_written"] = self.manifest_bytes
+        report["stale_work"] = P.stale_work(self.output_root, self.run_key)
+        uri = call_with_retries(lambda: write_report(report_at, report), what="write report")
+        self._remove_progress_record(progress_uri(report_at))
         return DubRun(report, uri, ordered)
 
-    def _plan(self, run: str) -> None:
-        pending = {self.plan_task.remote(item, self.output_root, run, self.cfg, self.manifest.get(item.id),
-                                         self.overwrite): item.id
-                   for item in self.items.values()}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            item_id = pending.pop(done[0])
-            try:
-                outcome = ray.get(done[0])
-            except Exception as e:  # noqa: BLE001 - the task itself died (worker crash)
-                outcome = ItemResult(item_id, "failed", self.items[item_id].output,
-                                     error=f"plan: {one_line(_task_cause(e))}", row=self.items[item_id].row)
-            self._on_plan(outcome)
-
-    def _on_plan(self, outcome: P.ItemPlan | ItemResult) -> None:
-        if isinstance(outcome, ItemResult):
-            self._finish(outcome)
+    def _on_row(self, row: dict[str, Any]) -> None:
+        kind, item_id = str(row["kind"]), str(row["item_id"])
+        if kind != "shard":
+            self._on_status(row)
             return
-        item = outcome.item
-        self.plans[item.id] = outcome
-        self.work_seconds[item.id] = outcome.seconds
-        if outcome.status == "skipped":
-            if outcome.record is not None:  # published by a run that died before its manifest write
-                self.manifest[item.id] = outcome.record
-                self._write_manifest()
-                self._remove_work(outcome.work)
-            self._finish(ItemResult(item.id, "skipped", item.output, frames=outcome.n_frames, row=item.row,
-                                    seconds=outcome.seconds))
-            return
-        self.shards_left[item.id] = len(outcome.shards)
-        self.segments[item.id] = [0, 0]
-        self.progress.frames_total += outcome.n_frames
-        self._tick()
-
-    def _on_shard(self, row: dict[str, Any]) -> None:
-        item_id = str(row["item_id"])
-        self.shards_left[item_id] -= 1
-        self.work_seconds[item_id] += float(row["seconds"])
+        now = time.monotonic()
+        if self.first_shard_at is None:
+            self.first_shard_at = now
+        self.last_shard_at = now
+        state = self.inflight.get(item_id)
+        if state is None:
+            if item_id in self.done_ids:  # pragma: no cover - a row Ray Data delivered twice
+                return
+            plan = P.plan_from_json(str(row["plan"]), self.cfg.shard_frames)
+            state = self.inflight[item_id] = _InFlight(plan, int(row["n_shards"]), seconds=plan.seconds)
+            with self.lock:
+                self.items_planned += 1
+                self.plan_seconds += plan.seconds
+                self.progress.frames_total += plan.n_frames
+        state.shards_left -= 1
+        state.seconds += float(row["seconds"])
         if row["error"]:
-            self._fail(item_id, str(row["error"]))
+            state.error = state.error or str(row["error"])
         else:
-            self.segments[item_id][1 if row["reused"] else 0] += 1
-            self.progress.frames_done += int(row["frames"])
+            if row["reused"]:
+                state.reused += 1
+            else:
+                state.rendered += 1
+            with self.lock:
+                self.progress.frames_done += int(row["frames"])
             self._tick()
-        if self.shards_left[item_id] == 0 and item_id not in self.results:
-            self.stitch_queue.append(item_id)
+        if state.shards_left == 0:
+            if state.error:
+                self._fail(state, state.error)
+            else:
+                self.stitch_queue.append(item_id)
+
+    def _on_status(self, row: dict[str, Any]) -> None:
+        """A failed or skipped item (no shards)."""
+        result = ItemResult(**json.loads(str(row["result"])))
+        with self.lock:
+            self.items_planned += 1
+            self.plan_seconds += result.seconds
+        if result.status == "skipped" and row["plan"]:
+            plan = P.plan_from_json(str(row["plan"]), self.cfg.shard_frames)
+            if plan.record is not None:  # published by a run that died before its manifest write
+                self._write_record(plan.item.id, plan.record)
+                self._remove_work(plan.work)
+        self._finish(result)
 
     def _pump_stitches(self, block: bool) -> None:
         """Start queued stitches up to the limit; collect finished ones (waiting for one if `block`)."""
         while self.stitch_queue and len(self.stitching) < self.cfg.max_concurrent_stitches:
             item_id = self.stitch_queue.pop(0)
-            self.stitching[self.stitch_task.remote(self.plans[item_id], self.cfg)] = item_id
+            self.stitching[self.stitch_task.remote(self.inflight[item_id].plan, self.cfg)] = item_id
         if not self.stitching:
             return
         done, _ = ray.wait(list(self.stitching), num_returns=1, timeout=None if block else 0)
@@ -487,27 +628,34 @@ class _Driver:
             self._on_stitch(self.stitching.pop(ref), ref)
 
     def _on_stitch(self, item_id: str, ref: ray.ObjectRef) -> None:
+        state = self.inflight[item_id]
         try:
             result: StitchResult | StitchFailure = ray.get(ref)
         except Exception as e:  # noqa: BLE001 - the task itself died (worker crash)
-            self._fail(item_id, f"stitch: {one_line(_task_cause(e))}")
+            self._fail(state, f"stitch: {one_line(_task_cause(e))}")
             return
+        self._on_stitch_result(item_id, result)
+
+    def _on_stitch_result(self, item_id: str, result: StitchResult | StitchFailure) -> None:
+        state = self.inflight[item_id]
         self.stitch_seconds += result.seconds
         if isinstance(result, StitchFailure):
-            self.work_seconds[item_id] = self.work_seconds.get(item_id, 0.0) + result.seconds
-            self._fail(item_id, f"stitch: {result.error}")
+            self._fail(state, f"stitch: {result.error}", result.seconds)
             return
-        plan = self.plans[item_id]
-        self.manifest[item_id] = manifest_entry(plan.key, result.output, result.frames, result.size, result.sha256)
-        self._write_manifest()
+        plan = state.plan
+        self._write_record(item_id, manifest_entry(plan.key, result.output, result.frames, result.size,
+                                                   result.sha256))
         self._remove_work(plan.work)  # only now: the verified publish is recorded
-        rendered, reused = self.segments[item_id]
+        del self.inflight[item_id]
         self._finish(ItemResult(item_id, "ok", result.output, frames=result.frames, row=plan.item.row,
-                                seconds=self.work_seconds[item_id] + result.seconds, segments_rendered=rendered,
-                                segments_reused=reused))
+                                seconds=state.seconds + result.seconds, segments_rendered=state.rendered,
+                                segments_reused=state.reused))
 
-    def _write_manifest(self) -> None:
-        call_with_retries(lambda: write_manifest(self.output_root, self.manifest), what="write manifest")
+    # --- storage ------------------------------------------------------------------------------
+
+    def _write_record(self, item_id: str, entry: dict[str, Any]) -> None:
+        self.manifest_bytes += call_with_retries(lambda: manifest.write_record(self.output_root, item_id, entry),
+                                                 what=f"write manifest record {item_id}")
 
     def _remove_work(self, work: str) -> None:
         """Delete a finished item's work prefix; a failure only leaves files for a later run to clean."""
@@ -516,14 +664,43 @@ class _Driver:
         except Exception as e:  # noqa: BLE001 - the output is published and recorded: not the item's failure
             logger.warning("could not remove %s: %s", work, one_line(e))
 
-    def _cleanup_run_prefix(self, run: str) -> None:
+    def _cleanup_run_prefix(self) -> None:
         """Remove `_work/<run>` when nothing is left in it (failed items keep theirs for re-runs)."""
-        prefix = storage.join(self.output_root, P.WORK_DIR, run)
+        prefix = storage.join(self.output_root, P.WORK_DIR, self.run_key)
         try:
             if not storage.ls(prefix):
                 P.remove_prefix(prefix)
         except FileNotFoundError:
             pass
+
+    def _write_progress(self, uri: str, final: bool) -> None:
+        with self.lock:
+            record = progress_record(self.progress, run=self.run_info, items_planned=self.items_planned,
+                                     failures=list(self.failures), final=final)
+        try:
+            call_with_retries(lambda: write_progress_record(uri, record), what="write progress record")
+        except Exception as e:  # noqa: BLE001 - an account of the run, not the run itself
+            logger.warning("could not write the progress record %s: %s", uri, one_line(e))
+
+    def _record_progress_every(self, uri: str, stop: threading.Event) -> None:
+        """Rewrite the progress record every progress_record_interval_s (a thread: the driver's
+        loop may wait minutes for the next row)."""
+        while not stop.wait(self.cfg.progress_record_interval_s):
+            self._write_progress(uri, final=False)
+
+    def _remove_progress_record(self, uri: str) -> None:
+        try:
+            storage.rm(uri)
+        except FileNotFoundError:
+            pass
+        except Exception as e:  # noqa: BLE001
+            logger.warning("could not remove the progress record %s: %s", uri, one_line(e))
+
+    def _spooled_results(self) -> list[ItemResult]:
+        self.spool.seek(0)
+        results = [ItemResult(**json.loads(line)) for line in self.spool]
+        self.spool.close()
+        return sorted(results, key=lambda r: r.row)
 
 
 def _task_cause(error: Exception) -> BaseException:

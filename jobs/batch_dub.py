@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crf", type=int, default=None, help="H.264 crf for rows without one")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--overwrite", action="store_true", help="replace files at row outputs this job did not write")
+    p.add_argument("--dry-run", action="store_true",
+                   help="plan and validate every row, print items, frames, skips and an estimated render "
+                        "time; render and write nothing")
     p.add_argument("--config", default=None, help="YAML config (default configs/dub.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value (repeatable)")
     return p.parse_args(argv)
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:  # bad option or config value
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    if args.dry_run:
+        return dry_run_main(args, cfg)
     # lazy: option errors above are reported without the seconds a Ray import takes
     from cluster.dub import run_dub
 
@@ -77,6 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT_ERROR
     console.print(summary(run.report, run.report_uri))
     return run.exit_code
+
+
+def dry_run_main(args: argparse.Namespace, cfg) -> int:
+    """--dry-run: no Ray, nothing written (lipsync.dub.dryrun); exit 3 when rows would fail."""
+    from lipsync.dub.dryrun import dry_run
+
+    try:
+        result = dry_run(args.catalog, args.output_root, cfg, overwrite=args.overwrite)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    for line in result.lines():
+        print(f"[dry-run] {line}", flush=True)
+    return 3 if result.failed else 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
     p.add_argument("--steps", type=int, default=None, help="generator steps")
     p.add_argument("--syncnet-steps", type=int, default=None, help="SyncNet steps")
+    p.add_argument("--audio-features", default=None, help="audio front-end: ave | hubert | wenet (docs/AUDIO.md)")
+    p.add_argument("--audio-weights", default=None,
+                   help="hubert: HubertModel directory; wenet: encoder .onnx (local path on every worker, or s3://)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (and dataset)")
     p.add_argument("--address", default=None, help="Ray address (default: the job's cluster, else local)")
     p.add_argument("--config", default=None, help="YAML config (default configs/train.yaml)")
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides, {
             "preset": args.preset, "generator_steps": args.steps, "syncnet_steps": args.syncnet_steps,
-            "device": "cuda" if args.gpu else "cpu"})
+            "device": "cuda" if args.gpu else "cpu",
+            "audio_features": {"backend": args.audio_features, "weights": args.audio_weights}})
         prepare_cfg = load_config(PrepareConfig)
         if args.video and not args.name:
             raise InputError(None, "--video needs --name")

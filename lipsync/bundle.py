@@ -2,13 +2,19 @@
 
 A directory URI (local or s3://), published atomically (storage.atomic_dir):
     bundle.json              {"bundle_format": 1, "name", "preset", "version", "generator", "syncnet",
-                              "audio", "geometry", "crop_margin", "n_templates", "frame_size", "dataset_meta", "train"}
+                              "audio", "audio_features", "geometry", "crop_margin", "n_templates", "frame_size",
+                              "dataset_meta", "train"}
     generator.safetensors    audio_encoder.safetensors    syncnet.safetensors (absent if no SyncNet)
     templates/full_body_img/{i}.jpg   templates/boxes.npy (n, 4) int32   templates/landmarks.npy (n, 468, 2)
 
 `version` is the sha256 over the weight files (name and bytes, in WEIGHT_FILES order): two
 bundles with the same version hold the same weights, and `load_character` refuses weights that
 do not match it (a corrupt or partly replaced bundle). See docs/ARCHITECTURE.md.
+
+"audio_features" {"backend": "ave" | "hubert" | "wenet", "weights": the path as given to train} is the
+audio front-end the character was trained with; render and dub always use it (docs/AUDIO.md). The
+hubert / wenet weights are not copied into the bundle (they are large and shared by characters):
+they are loaded from that path when features are first computed. Bundles without the key are `ave`.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 from torch import nn
 
 from lipsync import config as config_io
+from lipsync.audio import frontend
 from lipsync.config import (
     LEGACY_GEOMETRY_KEYS,
     AudioConfig,
@@ -75,6 +82,19 @@ class Character:
     frame_size: tuple[int, int] = (0, 0)  # (width, height) of the template frames
     frames_without_face: frozenset[int] = frozenset()  # templates render writes unchanged
     train: dict[str, Any] = field(default_factory=dict)  # bundle.json "train": the run's summary and config
+    audio_backend: str = "ave"  # bundle.json "audio_features": the front-end the character was trained with
+    audio_weights: str | None = None  # its local weights (hubert / wenet), loaded on first use
+    _frontend: Any = field(default=None, repr=False)
+
+    def audio_frontend(self) -> Any:
+        """The model `lipsync.audio.frame_features` runs: the AudioEncoder for `ave`, else the
+        hubert / wenet model loaded (once) from `audio_weights` on the audio encoder's device."""
+        if self.audio_backend == "ave":
+            return self.audio_encoder
+        if self._frontend is None:
+            device = next(self.audio_encoder.parameters()).device
+            self._frontend = frontend.load_frontend(self.audio_backend, self.audio_weights, device)
+        return self._frontend
 
     def template_path(self, i: int) -> Path:
         return layout.frame_path(self.template_dir, i)
@@ -124,10 +144,12 @@ def _copy_templates(dataset_dir: Path, dest: Path, n_frames: int) -> None:
 
 def save_bundle(out_uri: str, *, name: str, preset: str, generator: Generator, audio_encoder: AudioEncoder,
                 syncnet: SyncNet | None, audio: AudioConfig, geometry: GeometryConfig, dataset_dir: str | Path,
-                train_info: dict[str, Any], crop_margin: int | None = None, overwrite: bool = False) -> str:
+                train_info: dict[str, Any], crop_margin: int | None = None, overwrite: bool = False,
+                audio_backend: str = "ave", audio_weights: str | None = None) -> str:
     """Write a character bundle to `out_uri` (published whole, or not at all); returns its version.
 
-    `crop_margin` is the one the model was trained with (default: the preset's).
+    `crop_margin` is the one the model was trained with (default: the preset's). `audio_backend`
+    and `audio_weights`: the audio front-end (`audio` must be its config, frontend.audio_config_for).
 
     OutputExistsError when `out_uri` exists and not `overwrite`; InputError when `dataset_dir`
     is not a complete dataset.
@@ -158,6 +180,7 @@ def save_bundle(out_uri: str, *, name: str, preset: str, generator: Generator, a
             "generator": config_io.to_dict(unwrap(generator).config),
             "syncnet": config_io.to_dict(unwrap(syncnet).config) if syncnet is not None else None,
             "audio": config_io.to_dict(audio),
+            "audio_features": {"backend": frontend.check_backend(audio_backend), "weights": audio_weights},
             "geometry": config_io.to_dict(geometry),
             "crop_margin": model_preset(preset).crop_margin if crop_margin is None else int(crop_margin),
             "n_templates": n,
@@ -265,7 +288,7 @@ def _fits_weights(cls, cfg, path: Path, uri: str, what: str) -> None:
 
 
 def _check_models(local: Path, uri: str, info: dict[str, Any], gen_cfg: GeneratorConfig, audio: AudioConfig,
-                  margin: int) -> None:
+                  margin: int, backend: str = "ave") -> None:
     """Architecture sizes bounded, consistent with the audio front-end, and fitting the weight files.
 
     The weights are hashed into the bundle's version, so checking the configs against their
@@ -286,9 +309,12 @@ def _check_models(local: Path, uri: str, info: dict[str, Any], gen_cfg: Generato
                   f"{MAX_WIDTH} / {MAX_EXPAND}")
     if not 0 <= margin <= gen_cfg.size // 4:
         raise bad(f"crop_margin {margin} is outside [0, {gen_cfg.size // 4}] for a {gen_cfg.size} px model")
-    if (audio.n_mels, audio.mel_window, audio.feature_dim) != (MEL_BINS, MEL_STEPS, EMBED_DIM):
+    if (audio.n_mels, audio.mel_window) != (MEL_BINS, MEL_STEPS) or (backend == "ave" and audio.feature_dim != EMBED_DIM):
         raise bad(f"audio n_mels/mel_window/feature_dim {audio.n_mels}/{audio.mel_window}/{audio.feature_dim} "
                   f"do not fit the AudioEncoder ({MEL_BINS}/{MEL_STEPS}/{EMBED_DIM})")
+    if audio.feature_dim != frontend.FRAME_FEATURE_DIMS[backend]:
+        raise bad(f"audio feature_dim {audio.feature_dim} is not the {backend} front-end's "
+                  f"({frontend.FRAME_FEATURE_DIMS[backend]})")
     if not (1 <= audio.context <= MAX_AUDIO_CONTEXT and 1 <= audio.hop_length <= audio.win_length <= audio.n_fft
             <= MAX_N_FFT and 1000 <= audio.sample_rate <= 192000 and 1 <= audio.fps <= 120):
         raise bad(f"audio config out of range (context {audio.context}, hop/win/n_fft {audio.hop_length}/"
@@ -374,13 +400,19 @@ def load_character(uri: str, device: str | torch.device = "cpu") -> Character:
         raise InputError(uri, "bundle weights do not match its version (corrupt or modified files)")
     gen_cfg = _config(GeneratorConfig, info.get("generator"), uri, "generator")
     audio = _config(AudioConfig, info.get("audio"), uri, "audio")
+    try:
+        backend, audio_weights = frontend.backend_of(info)
+    except InputError as exc:
+        raise InputError(uri, f"bundle.json: {exc.problem}") from None
+    if backend != "ave" and not isinstance(audio_weights, str):
+        raise InputError(uri, f"bundle.json: the {backend} audio front-end has no weights path")
     geometry_data = dict(info.get("geometry") or {})
     margin = info.get("crop_margin", geometry_data.get("crop_margin"))  # format-1 bundles kept it in geometry
     if not isinstance(margin, int) or margin < 0:
         raise InputError(uri, f"bundle.json has no valid crop_margin (got {margin!r})")
     geometry = _config(GeometryConfig, {k: v for k, v in geometry_data.items() if k not in LEGACY_GEOMETRY_KEYS},
                        uri, "geometry")
-    _check_models(local, uri, info, gen_cfg, audio, margin)  # sizes bounded and fitting the weights ...
+    _check_models(local, uri, info, gen_cfg, audio, margin, backend)  # sizes bounded and fitting the weights ...
     _check_templates(local, uri, info, geometry)  # ... and the boxes, before anything is built from them
     generator = _load_module(Generator(gen_cfg), local / GENERATOR_FILE, uri, device)
     audio_encoder = _load_module(AudioEncoder(), local / AUDIO_ENCODER_FILE, uri, device)
@@ -397,7 +429,8 @@ def load_character(uri: str, device: str | torch.device = "cpu") -> Character:
                      audio=audio, geometry=geometry, template_dir=local / TEMPLATES_DIR, boxes=boxes,
                      landmarks=landmarks, margin=margin, frame_size=_frame_size(info, local, uri),
                      frames_without_face=frozenset(int(i) for i in info.get("frames_without_face") or []),
-                     train=info.get("train") if isinstance(info.get("train"), dict) else {})
+                     train=info.get("train") if isinstance(info.get("train"), dict) else {},
+                     audio_backend=backend, audio_weights=audio_weights)
 
 
 def _frame_size(info: dict[str, Any], local: Path, uri: str) -> tuple[int, int]:

@@ -165,6 +165,12 @@ class DubConfig:
     character_cache: PositiveInt = 2  # characters kept loaded per actor / planning worker (LRU)
     feature_cache: PositiveInt = 4  # items' audio features kept per actor (LRU)
     progress_interval_s: PositiveFloat = 10.0  # seconds between progress lines in job logs
+    # seconds between rewrites of _reports/<run>-progress.json (counts, frames/s, ETA, failures)
+    progress_record_interval_s: PositiveFloat = 30.0
+    # frames/s for --dry-run estimates when no earlier report under the output root has one
+    # (docs/BENCHMARKS.md: st2d-328 on 2 CPU cores, 1 actor; the cuda figure is an unmeasured placeholder)
+    estimate_fps_cpu: PositiveFloat = 2.6
+    estimate_fps_cuda: PositiveFloat = 100.0
     # Catalog rows may only write under the output root unless this is set (docs/RELIABILITY.md).
     allow_outputs_outside_root: bool = False
     render: RenderConfig = field(default_factory=RenderConfig)
@@ -204,6 +210,28 @@ class NegativeSampling:
             raise ValueError(f"negatives need min_shift <= max_shift, got {self.min_shift} > {self.max_shift}")
 
 
+AudioBackend = Literal["ave", "hubert", "wenet"]  # lipsync.audio.frontend; docs/AUDIO.md
+
+
+@dataclass(frozen=True)
+class AudioFeaturesConfig:
+    """The audio front-end a character is trained with (recorded in its bundle; render and dub use
+    that one). `ave`: our AudioEncoder over Wav2Lip mel windows (no weights here; see
+    TrainConfig.audio_encoder). `hubert`: a local transformers HubertModel directory (the layout of
+    facebook/hubert-large-ls960-ft). `wenet`: a local WeNet streaming encoder exported to ONNX."""
+
+    backend: AudioBackend = "ave"
+    weights: str | None = None  # hubert: a local directory; wenet: a local encoder .onnx file (or URIs)
+
+    def __post_init__(self) -> None:
+        if self.backend != "ave" and not self.weights:
+            raise ValueError(f"audio_features.backend {self.backend!r} needs audio_features.weights "
+                             "(--audio-weights PATH: the local model, see docs/AUDIO.md)")
+        if self.backend == "ave" and self.weights:
+            raise ValueError("audio_features.weights is for the hubert and wenet backends; "
+                             "a pretrained ave AudioEncoder is given with audio_encoder (--audio-encoder)")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """`lipsync train` and the Ray Train job (configs/train.yaml).
@@ -241,6 +269,7 @@ class TrainConfig:
     loader_workers: NonNegativeInt = 0  # DataLoader worker processes (items are cheap: crops are preloaded)
     vgg_weights: str | None = None  # local path/URI of a torchvision-layout VGG19 state dict
     audio_encoder: str | None = None  # pretrained AudioEncoder (SyncTalk_2D audio_visual_encoder.pth)
+    audio_features: AudioFeaturesConfig = field(default_factory=AudioFeaturesConfig)  # ave | hubert | wenet
 
     def __post_init__(self) -> None:
         if self.syncnet_batch_size % 2:

@@ -173,6 +173,9 @@ def dub(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="replace files at row outputs that this job did not write"),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="plan and validate every row; print items, frames, skips and an estimated "
+                                      "render time; render and write nothing (no Ray)"),
     config: Optional[Path] = ConfigOption,
     set_: List[str] = SetOption,
 ) -> None:
@@ -180,6 +183,17 @@ def dub(
     with reported_errors("dub"):
         cfg = load_config(DubConfig, config, set_, dub_flags(shard_frames=shard_frames, actors=actors, crf=crf,
                                                              device=device))
+        if dry_run:
+            from lipsync.dub.dryrun import dry_run as plan_only
+
+            planned = plan_only(catalog, output_root, cfg, overwrite=overwrite)
+    if dry_run:
+        for line in planned.lines():
+            typer.echo(line)  # stdout: the plan is the command's output
+        if planned.failed:
+            raise typer.Exit(3)
+        return
+    with reported_errors("dub"):
         from cluster.dub import run_dub  # imports Ray (seconds): only the command that needs it pays
 
         with progress_bar("dub") as update:
@@ -201,6 +215,11 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     audio_encoder: Optional[str] = typer.Option(
         None, "--audio-encoder", help="pretrained AudioEncoder (SyncTalk_2D audio_visual_encoder.pth layout)"),
+    audio_features: Optional[str] = typer.Option(
+        None, "--audio-features", help="audio front-end: ave | hubert | wenet (recorded in the bundle)"),
+    audio_weights: Optional[str] = typer.Option(
+        None, "--audio-weights", help="hubert: local HubertModel directory; wenet: local encoder .onnx "
+                                      "(docs/AUDIO.md)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="checkpoints and metrics (default OUT.run)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the run dir"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing bundle and start a fresh run"),
@@ -211,7 +230,8 @@ def train(
     with reported_errors("train"):
         cfg = load_config(TrainConfig, config, set_, {
             "preset": preset, "generator_steps": steps, "syncnet_steps": syncnet_steps, "device": device,
-            "audio_encoder": audio_encoder})
+            "audio_encoder": audio_encoder,
+            "audio_features": {"backend": audio_features, "weights": audio_weights}})
         with progress_bar(f"train {preset}") as update:
             result = train_character(dataset, out, cfg, run_dir=run_dir, resume=resume, overwrite=overwrite,
                                      progress=lambda d, t, extra: update(d, t, extra=extra))

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from lipsync.config import AudioConfig, GeometryConfig, PrepareConfig, RenderConfig
+from lipsync.dub.manifest import read_all
 from lipsync.io import media, storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.media]
@@ -166,8 +167,10 @@ def test_first_run_publishes_valid_items_and_reports_failures(first_run):
     assert "\n" not in items["blocked"]["error"] and "Unserializable" not in items["blocked"]["error"]
     # nothing half-written is visible: only the two outputs and the bookkeeping files
     published = sorted(p.name for p in out.iterdir() if p.is_file())
-    assert published == ["_manifest.json", "blocker", "news.mp4", "radio.mp4"]  # blocker: the test's own file
-    manifest = json.loads((out / "_manifest.json").read_text())["items"]
+    assert published == ["blocker", "news.mp4", "radio.mp4"]  # blocker: the test's own file
+    # issue 10: one manifest record per finished item (no _manifest.json rewritten per stitch)
+    assert sorted(p.name for p in (out / "_manifest").iterdir()) == ["news.json", "radio.json"]
+    manifest = read_all(str(out))
     assert sorted(manifest) == ["news", "radio"]
     assert len(manifest["radio"]["key"]["audio_sha256"]) == 64
     # the finished items' work prefixes are gone; the blocked one's segments are kept for a re-run
@@ -244,5 +247,6 @@ def test_s3_catalog_bundle_audio_and_outputs(ray_head, s3_server, s3_tmp, charac
     # empty directory entries after deletes, so files are listed, not names)
     fs, root = storage.filesystem(out)
     files = sorted(posixpath.relpath(f, root) for f in fs.find(root))
-    assert [f for f in files if not f.startswith("_reports/")] == ["_manifest.json", "news.mp4", "radio.mp4"], files
+    assert [f for f in files if not f.startswith("_reports/")] == \
+        ["_manifest/news.json", "_manifest/radio.json", "news.mp4", "radio.mp4"], files  # issue 10: per-item records
     assert len([f for f in files if f.startswith("_reports/")]) == 1

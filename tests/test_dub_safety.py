@@ -30,6 +30,7 @@ from lipsync.config import DubConfig, load_config
 from lipsync.dub import retry
 from lipsync.dub.catalog import CatalogItem, normalise_uri, parse_catalog, read_catalog
 from lipsync.dub.plan import ItemPlan, Shard, output_state, uri_sha256
+from lipsync.dub.manifest import read_all
 from lipsync.dub.report import manifest_entry
 from lipsync.errors import InputError, MediaError, OutputExistsError
 from lipsync.io import media, storage
@@ -549,7 +550,7 @@ def test_embedded_dub_guards_outputs_keeps_failed_segments_and_listens_on_loopba
     work = sorted(p.name for p in out.glob("_work/*/blocked/*.mp4"))
     assert work == ["seg_00000.mp4", "seg_00001.mp4", "seg_00002.mp4"]  # kept for the next run
     assert not list(out.glob("_work/*/fresh")) and not list(out.glob("_work/*/forced"))
-    manifest = json.loads((out / "_manifest.json").read_text())["items"]
+    manifest = read_all(str(out))  # issue 10: _manifest/<id>.json records
     assert sorted(manifest) == ["forced", "fresh"]
     assert manifest["fresh"]["sha256"] == storage.file_sha256(out / "fresh.mp4")
     assert seen and len({pid for pid, *_ in seen[0]}) >= 3, seen

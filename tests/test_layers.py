@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import lipsync
 import lipsync_cli.main as cli
 from lipsync.errors import InputError
-from lipsync.runtime import autocast, autocast_dtype, resolve_device
+from lipsync.runtime import autocast, autocast_dtype, cpu_has_native_bf16, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,11 +60,19 @@ def test_cuda_names_are_one_policy_for_every_stage(name):
         resolve_device(name)
 
 
-def test_autocast_is_fp32_on_the_cpu_and_when_disabled():
+def test_precision_policy(tmp_path):
     cpu = torch.device("cpu")
-    assert autocast_dtype(cpu, True) is None and autocast_dtype(cpu, False) is None
-    with autocast(cpu, True):
+    assert autocast_dtype(cpu, "fp32") is None and autocast_dtype(cpu, "bf16") == torch.bfloat16
+    assert autocast_dtype(cpu, "auto", training=True) is None  # CPU training stays fp32
+    assert (autocast_dtype(cpu, "auto") == torch.bfloat16) == cpu_has_native_bf16()
+    with autocast(cpu, "fp32"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with pytest.raises(InputError, match="unknown precision"):
+        autocast_dtype(cpu, "fp16")
+    (tmp_path / "no").write_text("flags : fpu avx512f avx512_vnni\n")
+    (tmp_path / "yes").write_text("flags : fpu avx512f avx512_bf16\n")
+    assert not cpu_has_native_bf16(tmp_path / "no") and cpu_has_native_bf16(tmp_path / "yes")
+    assert not cpu_has_native_bf16(tmp_path / "missing")
 
 
 def test_unexpected_errors_exit_1_with_the_traceback_in_a_log(tmp_path, monkeypatch):

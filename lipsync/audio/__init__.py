@@ -1,4 +1,4 @@
-"""Audio front-end: Wav2Lip-style mel, per-video-frame windows, encoder features, context stacks.
+"""Audio front-ends (ave | hubert | wenet, lipsync.audio.frontend): mel, per-video-frame features, context stacks.
 
 Input is float32 mono audio at `AudioConfig.sample_rate` (decoding is lipsync.io.media's job).
 """
@@ -8,6 +8,13 @@ from lipsync.audio.features import (
     context_stack,
     encode_frames,
     iter_features,
+)
+from lipsync.audio.frontend import (
+    BACKENDS,
+    audio_config_for,
+    frame_features,
+    iter_frame_features,
+    load_frontend,
 )
 from lipsync.audio.mel import (
     MelStream,
@@ -19,6 +26,11 @@ from lipsync.audio.mel import (
 )
 
 __all__ = [
+    "BACKENDS",
+    "audio_config_for",
+    "frame_features",
+    "iter_frame_features",
+    "load_frontend",
     "MelStream",
     "context_range",
     "context_stack",

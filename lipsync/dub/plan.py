@@ -30,6 +30,7 @@ and stays as it is, unless the row's `overwrite` column or the run's overwrite a
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import time
@@ -228,9 +229,13 @@ def refuse_output(output: str, state: str) -> InputError:
 
 
 def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, characters: LruCache,
-              manifest_entry: dict[str, Any] | None, overwrite: bool = False) -> ItemPlan:
+              manifest_entry: dict[str, Any] | None, overwrite: bool = False, dry_run: bool = False) -> ItemPlan:
     """Plan `item`; raises InputError (bad audio, bad bundle, an output that is not this job's)
     for the caller to record as failed.
+
+    `dry_run`: steps 0-3 as in a real run, then the audio is validated and its frame count taken
+    from the container's header (`probe_frames`) instead of decoding it; nothing is written or
+    deleted and no features are computed (the plan has no feats and no work files).
 
     Steps: (0) whose file is at the output (refused unless own or overwrite), (1) fetch the
     audio and hash it, (2) load the character (cached) for its version and audio encoder,
@@ -263,11 +268,16 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
         key = input_key(item, audio_sha, character.version, cfg.render)
         # 3. skip a finished item (its own output, verified above, made from the same inputs)
         if existing == "own" and entry is not None and entry.get("key") == key:
-            if not adopted and storage.exists(work):
+            if not adopted and not dry_run and storage.exists(work):
                 remove_prefix(work)  # left by a run that died after its manifest write
             return ItemPlan(item, "skipped", key, n_frames=int(entry.get("frames", 0)), work=work,
                             seconds=time.perf_counter() - started, existing=existing,
                             record=dict(entry) if adopted else None)
+        if dry_run:
+            n_frames, duration = probe_frames(item.audio, audio_path, cfg, character.audio)
+            return ItemPlan(item, "render", key, n_frames=n_frames, duration=duration, work=work,
+                            shards=plan_shards(item.id, n_frames, cfg.shard_frames),
+                            seconds=time.perf_counter() - started, existing=existing, overwrite=overwrite)
         # 4. decode + validate (empty, corrupt, too long -> InputError), named by the catalog's URI
         try:
             wav = load_audio(audio_path, cfg.render, character.audio.sample_rate)
@@ -285,6 +295,73 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
     shards = plan_shards(item.id, len(feats), cfg.shard_frames)
     return ItemPlan(item, "render", key, n_frames=len(feats), duration=duration, work=work, feats=feats_uri,
                     shards=shards, seconds=time.perf_counter() - started, existing=existing, overwrite=overwrite)
+
+
+def probe_frames(uri: str, audio_path, cfg: DubConfig, audio_cfg) -> tuple[int, float]:
+    """(video frames, seconds) of an audio file from its header, validated like load_audio (no decode).
+
+    The frame count is that of the decoded audio (num_video_frames of the samples at the
+    character's rate; `header_seconds`): exact for WAV/FLAC/OGG, so it equals a real run's.
+    """
+    from lipsync.audio.mel import num_video_frames
+
+    try:
+        info = media.probe(audio_path)
+    except InputError as e:
+        raise InputError(uri, e.problem) from None
+    limit = cfg.render.max_audio_seconds
+    if not info.has_audio:
+        raise InputError(uri, "has no audio track")
+    if info.duration > limit + 0.5:
+        raise InputError(uri, f"audio is {info.duration:.0f} s long; the maximum is {limit:g} s "
+                              f"(raise max_audio_seconds to allow it)")
+    samples = round(header_seconds(audio_path, info.duration) * audio_cfg.sample_rate)
+    if samples < audio_cfg.sample_rate / 25:
+        raise InputError(uri, "audio is shorter than one video frame (40 ms)")
+    return num_video_frames(samples, audio_cfg), samples / audio_cfg.sample_rate
+
+
+def header_seconds(audio_path, fallback: float) -> float:
+    """Exact duration from the file's header where libsndfile reads it (WAV, FLAC, OGG: sample
+    count / rate), else `fallback` (ffmpeg's banner, to the centisecond)."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(audio_path))
+    except Exception:  # noqa: BLE001 - not a format libsndfile knows (mp3, m4a, ...)
+        return fallback
+    return info.frames / info.samplerate if info.samplerate else fallback
+
+
+def plan_to_json(plan: ItemPlan) -> str:
+    """What the stitcher needs of a plan, as one JSON string (carried in Ray Data rows); the
+    shards are not stored: plan_from_json cuts them again from n_frames."""
+    return json.dumps({"item": dataclasses.asdict(plan.item), "status": plan.status, "key": plan.key,
+                       "n_frames": plan.n_frames, "duration": plan.duration, "work": plan.work, "feats": plan.feats,
+                       "seconds": plan.seconds, "existing": plan.existing, "overwrite": plan.overwrite,
+                       "record": plan.record, "n_shards": len(plan.shards)}, sort_keys=True)
+
+
+def plan_from_json(text: str, shard_frames: int) -> ItemPlan:
+    d = json.loads(text)
+    item = CatalogItem(**d["item"])
+    shards = plan_shards(item.id, d["n_frames"], shard_frames) if d["status"] == "render" else []
+    if d["status"] == "render" and len(shards) != d["n_shards"]:
+        raise ValueError(f"plan of {item.id}: {d['n_shards']} shards planned, {len(shards)} at {shard_frames} frames")
+    return ItemPlan(item, d["status"], d["key"], n_frames=d["n_frames"], duration=d["duration"], work=d["work"],
+                    feats=d["feats"], shards=shards, seconds=d["seconds"], existing=d["existing"],
+                    overwrite=d["overwrite"], record=d["record"])
+
+
+def stale_work(output_root: str, run: str) -> list[str]:
+    """`_work/<key>` prefixes of runs with other settings (other run keys): never reused by this
+    run, listed in its report for an operator to delete (their segments cannot be stitched with
+    this run's)."""
+    root = storage.join(output_root, WORK_DIR)
+    try:
+        return [storage.join(root, name) for name in storage.ls(root) if name != run and not name.startswith(".")]
+    except FileNotFoundError:
+        return []
 
 
 def reset_stale_work(work: str, key: dict[str, Any]) -> None:

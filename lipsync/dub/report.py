@@ -1,12 +1,15 @@
 """Results of a dub run: per-item records, the manifest, the JSON report and the human summary.
 
-    <output_root>/_manifest.json            {"format": 1, "items": {id: entry}}: finished outputs, the
+    <output_root>/_manifest.json            legacy {"format": 1, "items": {id: entry}}: finished outputs, the
                                              input key each was made from, its frames, size and sha256
-                                             (a re-run skips an item whose file still matches them)
+                                             (a re-run skips an item whose file still matches them);
+                                             read, no longer written: runs write one record per item
+                                             (lipsync.dub.manifest, _manifest/<id>.json)
     <output_root>/_reports/<timestamp>.json  one per run: settings, timings, every item's status
+                                             (and <timestamp>-progress.json while it runs,
+                                             lipsync.dub.progress)
 
-Only the driver writes these files (the stitch tasks return their results to it), so there is
-one writer per output root; two runs on the same output root at once are not supported.
+`write_manifest` remains for tools and tests that build a legacy manifest.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from lipsync.audio.features import context_range, iter_features
-from lipsync.audio.mel import num_video_frames
+from lipsync.audio import frontend
+from lipsync.audio.features import context_range
 from lipsync.bundle import Character, load_character
 from lipsync.config import RenderConfig
 from lipsync.errors import InputError, OutputExistsError
@@ -95,37 +95,22 @@ def load_audio(audio_path: str | Path, cfg: RenderConfig, sample_rate: int) -> n
     return wav
 
 
-AUDIO_CHUNK_SAMPLES = 1 << 19  # samples per MelStream push in audio_features (~33 s at 16 kHz)
+AUDIO_CHUNK_SAMPLES = frontend.AUDIO_CHUNK_SAMPLES  # samples per push in audio_features (~33 s at 16 kHz)
 
 
 def audio_features(character: Character, wav, batch_size: int = 64) -> np.ndarray:
-    """Per-output-frame AudioEncoder features (N, 512), N = ceil(duration * fps), computed in chunks.
+    """Per-output-frame features (N, feature_dim), N = ceil(duration * fps), computed in chunks by
+    the character's own audio front-end (bundle.json audio_features: ave | hubert | wenet).
 
-    `wav` is a float32 mono array or an iterable of such chunks (e.g. media.iter_audio). The mel
-    and the encoder run chunk by chunk (lipsync.audio.iter_features), so besides the result only
+    `wav` is a float32 mono array or an iterable of such chunks (e.g. media.iter_audio). The
+    front-end runs chunk by chunk (lipsync.audio.frame_features), so besides the result only
     bounded blocks are held; for an array the result is allocated once, N known in advance.
+    For `ave` these are the AudioEncoder's 512 values per frame over the Wav2Lip mel windows.
     """
-    cfg = character.audio
-    device = next(character.audio_encoder.parameters()).device
-    if isinstance(wav, np.ndarray):
-        if wav.ndim != 1 or wav.size == 0:
-            raise ValueError(f"expected non-empty mono audio of shape (n_samples,), got {wav.shape}")
-        chunks = (wav[i:i + AUDIO_CHUNK_SAMPLES] for i in range(0, wav.size, AUDIO_CHUNK_SAMPLES))
-        out = np.empty((num_video_frames(wav.size, cfg), cfg.feature_dim), np.float32)
-    else:
-        chunks, out = iter(wav), None
-    blocks, k = [], 0
-    for block in iter_features(character.audio_encoder, chunks, cfg, batch_size=batch_size, device=device,
-                               chunk_frames=FEATURE_CHUNK_FRAMES):
-        if out is not None:
-            out[k:k + len(block)] = block
-        else:
-            blocks.append(block)
-        k += len(block)
-    if out is None:
-        out = np.concatenate(blocks) if blocks else np.zeros((0, cfg.feature_dim), np.float32)
-    assert k == len(out)
-    return out
+    backend = getattr(character, "audio_backend", "ave")
+    model = character.audio_encoder if backend == "ave" else character.audio_frontend()
+    return frontend.frame_features(backend, model, wav, character.audio, batch_size=batch_size,
+                                   chunk_frames=FEATURE_CHUNK_FRAMES)
 
 
 # ---------------------------------------------------------------------------------------------

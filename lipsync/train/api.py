@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lipsync import config as config_io
+from lipsync.audio import frontend
 from lipsync.bundle import save_bundle
 from lipsync.config import TrainConfig
 from lipsync.data import layout
@@ -72,10 +73,12 @@ def export_bundle(state: dict[str, Any], out_uri: str, dataset_dir: str | Path, 
     encoder.load_state_dict(state["audio_encoder"])
     meta = layout.validate_dataset(Path(dataset_dir))
     audio, geometry = dataset_configs(meta)
+    backend, weights = frontend.backend_of(state.get("train_config"))  # the front-end the run trained with
     return save_bundle(out_uri, name=name or meta.get("name") or storage.name(out_uri), preset=state["preset"],
                        generator=generator.eval(), audio_encoder=encoder.eval(), syncnet=syncnet.eval(),
-                       audio=audio, geometry=geometry, dataset_dir=dataset_dir, train_info=train_info,
-                       crop_margin=int(state["crop_margin"]), overwrite=overwrite)
+                       audio=frontend.audio_config_for(audio, backend), geometry=geometry, dataset_dir=dataset_dir,
+                       train_info=train_info, crop_margin=int(state["crop_margin"]), overwrite=overwrite,
+                       audio_backend=backend, audio_weights=weights)
 
 
 def train_character(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, run_dir: str | Path | None = None,

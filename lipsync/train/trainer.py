@@ -9,7 +9,9 @@ unchanged, by Ray Train workers (cluster/train.py); a `RunContext` supplies what
 
 Stage 1 trains SyncNet with BCE on aligned (1) and misaligned (0) face/audio pairs; its audio
 tower is then frozen and its per-frame 512-d outputs are the generator's `ave` features (unless
-a pretrained AudioEncoder is given, which then supplies them). Stage 2 trains the generator on
+a pretrained AudioEncoder is given, which then supplies them). With `audio_features.backend`
+hubert or wenet the generator's features come from that front-end instead (lipsync.audio.
+frame_features over the dataset's aud.wav), SyncNet and its sync loss still work on the mel. Stage 2 trains the generator on
 L1 + SSIM + the frozen SyncNet's sync loss (+ VGG perceptual with local weights).
 
 Steps are counted per stage; checkpoints, logs and the progress bar use the global step
@@ -32,7 +34,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lipsync import config as config_io
+from lipsync.audio import frontend
 from lipsync.audio.features import encode_frames
+from lipsync.audio.mel import num_video_frames
 from lipsync.config import TrainConfig
 from lipsync.data.dataset import (
     CharacterFrames,
@@ -40,8 +44,9 @@ from lipsync.data.dataset import (
     SyncPairs,
     load_frames,
 )
+from lipsync.data import layout
 from lipsync.errors import InputError
-from lipsync.io import storage
+from lipsync.io import media, storage
 from lipsync.models import (
     AudioEncoder,
     Generator,
@@ -90,7 +95,8 @@ class Trainer:
         self.metrics = MetricsLog()
         self.syncnet_step = 0
         self.generator_step = 0
-        self.features: np.ndarray | None = None  # (n_frames, 512) per-frame audio features
+        self.features: np.ndarray | None = None  # (n_frames, feature_dim) per-frame audio features
+        self.audio_backend = cfg.audio_features.backend
         self.stopped_early = False
 
     # ------------------------------------------------------------------------------------------
@@ -102,17 +108,19 @@ class Trainer:
         preset = model_preset(cfg.preset)
         self.device = self.ctx.device(cfg.device)
         pretrained_encoder = self._load_pretrained_encoder()
+        self.audio_frontend = self._load_audio_frontend()
         perceptual = self._load_perceptual()
-        # 2. data
+        # 2. data (the audio config with the front-end's feature width and stack shape)
         self.frames: CharacterFrames = load_frames(self.dataset_dir, preset.size, preset.crop_margin,
                                                    cfg.val_fraction)
+        self.frames.audio = frontend.audio_config_for(self.frames.audio, self.audio_backend)
         self._check_batch_sizes()
         # 3. models: the architecture of a resumed run comes from its checkpoint
         with self.ctx.latest_checkpoint() as found:
             state = self._read_resume_state(found) if found is not None else None
         seed_everything(cfg.seed)
         gen_cfg = (config_io.from_dict(GeneratorConfig, state["generator_config"]) if state
-                   else generator_config(cfg.preset))
+                   else generator_config(cfg.preset, self.audio_backend))
         sync_cfg = config_io.from_dict(SyncNetConfig, state["syncnet_config"]) if state else preset.syncnet
         self.generator = Generator(gen_cfg)
         self.syncnet = SyncNet(sync_cfg)
@@ -134,6 +142,16 @@ class Trainer:
             return None
         with local_file(self.cfg.audio_encoder, "audio encoder weights") as path:
             return load_audio_encoder(path)
+
+    def _load_audio_frontend(self):
+        """The hubert / wenet model (None for ave), loaded before any data is read."""
+        backend, weights = self.audio_backend, self.cfg.audio_features.weights
+        if backend == "ave":
+            return None
+        if self.cfg.audio_encoder:
+            raise InputError(self.cfg.audio_encoder, f"--audio-encoder is a pretrained ave AudioEncoder; it does "
+                                                     f"not apply to the {backend} audio front-end")
+        return frontend.load_frontend(backend, weights, self.device)
 
     def _load_perceptual(self) -> PerceptualLoss | None:
         if not self.cfg.vgg_weights:
@@ -157,6 +175,10 @@ class Trainer:
             raise InputError(directory, f"checkpoint is of preset {state.get('preset')!r}, not {self.cfg.preset!r}")
         if state.get("dataset") != dataset_fingerprint(self.frames.meta):
             raise InputError(directory, "checkpoint was trained on another dataset")
+        backend, _ = frontend.backend_of(state.get("train_config"))
+        if backend != self.audio_backend:
+            raise InputError(directory, f"checkpoint was trained with the {backend} audio front-end, not "
+                                        f"{self.audio_backend}")
         self.syncnet_step = int(state["syncnet_step"])
         self.generator_step = int(state["generator_step"])
         self.metrics = metrics
@@ -280,6 +302,10 @@ class Trainer:
         """Freeze SyncNet; compute the per-frame features with its audio tower (or the pretrained encoder)."""
         self.syncnet.eval().requires_grad_(False)
         self.syncnet_model = self.syncnet  # no DDP wrapper for a frozen model
+        if self.audio_backend != "ave":
+            self.features = dataset_features(self.audio_backend, self.audio_frontend, self.frames)
+            return
+        # ave: the AudioEncoder over exactly the mel windows SyncNet was trained on
         encoder = self.feature_encoder if self.feature_encoder is not None else self.syncnet.audio_encoder
         encoder.to(self.device).eval().requires_grad_(False)
         self.features = encode_frames(encoder, self.frames.mel_windows, device=self.device)  # (n, 512)
@@ -435,6 +461,20 @@ class Trainer:
             torch.cuda.empty_cache()
 
 
+def dataset_features(backend: str, model: Any, frames: CharacterFrames) -> np.ndarray:
+    """(n_frames, feature_dim) front-end features of a dataset's aud.wav, one row per video frame
+    (lipsync.audio.frame_features; the audio is padded with silence if it is shorter than the video)."""
+    cfg = frames.audio
+    wav = media.read_audio(frames.root / layout.AUDIO_FILE, cfg.sample_rate)
+    n = frames.n_frames
+    need = -(-n * cfg.sample_rate // cfg.fps)  # samples of n video frames
+    if wav.size < need:
+        wav = np.concatenate([wav, np.zeros(need - wav.size, np.float32)])
+    feats = frontend.frame_features(backend, model, wav, cfg)
+    assert len(feats) == num_video_frames(wav.size, cfg) >= n
+    return feats[:n]
+
+
 def run_summary(state: dict[str, Any], metrics: MetricsLog, world_size: int, device: str) -> dict[str, Any]:
     """The `train` entry of bundle.json, from a final training state and its metrics."""
     return {
@@ -443,6 +483,7 @@ def run_summary(state: dict[str, Any], metrics: MetricsLog, world_size: int, dev
         "world_size": world_size,
         "device": device,
         "features_from": state.get("features_from"),
+        "audio_features": (state.get("train_config") or {}).get("audio_features"),
         "syncnet_val_acc": metrics.last("syncnet", "val_acc"),
         "val_l1": metrics.last("generator", "val_l1"),
         "val_l1_reference_copy": metrics.last("generator", "val_l1_reference_copy"),

@@ -1,0 +1,204 @@
+"""Benchmark the batch dub at catalog scale: cost per item from 100 to 10,000 items (issue 10).
+
+    .venv/bin/python bench/dub_scale.py --items 100,1000            # real runs (embedded Ray, tiny preset)
+    .venv/bin/python bench/dub_scale.py --driver-only 100000        # the driver's bookkeeping alone
+
+Real runs: a catalog of N items of 0.2-0.4 s of real speech (cut from ../shared/media clips at
+different offsets; 50 distinct cuts shared by the rows), one tiny untrained character built from
+3 s of the Obama clip, shard 25 frames (one shard per item), 1 actor, device cpu, embedded Ray.
+Each size runs in a fresh child process (clean RSS). Prints per-item wall time, driver peak RSS,
+manifest bytes written (every write under _manifest*, counted in the driver), the time to the
+first rendered shard (from before Ray starts to the driver seeing the first shard row) and the
+plan share.
+
+--code DIR runs another checkout's cluster/ and lipsync/ (e.g. a copy of the code before issue
+10) with the same catalog; --driver-only N feeds N synthetic shard rows through the driver's
+bookkeeping (plan rows, per-item manifest records to a local dir, result spool, final report),
+no Ray, no rendering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CUTS = 50
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--items", default="100,1000", help="comma-separated catalog sizes")
+    p.add_argument("--work", default="/tmp/lipsync-bench-scale")
+    p.add_argument("--code", default=None, help="checkout whose cluster/ and lipsync/ to run (default this one)")
+    p.add_argument("--driver-only", type=int, default=0, help="items for the driver-only measurement")
+    p.add_argument("--legacy-manifest", type=int, default=0,
+                   help="items for the cost of the old whole-file manifest rewrite (measured alone)")
+    p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child: one real run, JSON out
+    return p.parse_args()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_cuts(work: Path) -> list[Path]:
+    from common import media_file
+
+    from lipsync.io import media
+
+    out = work / "cuts"
+    out.mkdir(parents=True, exist_ok=True)
+    sources = [media.read_audio(media_file(n)) for n in ("sadtalker_RD_Radio34_002.wav", "sadtalker_chinese_news.wav")]
+    paths = []
+    for i in range(CUTS):
+        path = out / f"c{i:02d}.wav"
+        if not path.exists():
+            wav = sources[i % 2]
+            seconds = 0.2 + 0.2 * ((i * 7) % 10) / 9  # 0.2 .. 0.4 s
+            start = int((0.3 + 0.17 * i) * 16000) % (len(wav) - 16000)
+            media.write_wav(path, wav[start:start + int(seconds * 16000)])
+        paths.append(path)
+    return paths
+
+
+def write_catalog(path: Path, character: str, cuts: list[Path], n: int) -> Path:
+    with open(path, "w") as f:
+        f.write("id,character,audio\n")
+        for i in range(n):
+            f.write(f"it{i:06d},{character},{cuts[i % len(cuts)]}\n")
+    return path
+
+
+def count_manifest_bytes() -> list[int]:
+    """Count bytes written under _manifest* by this process (old and new code write through these)."""
+    from lipsync.io import storage
+
+    written = [0]
+    original = storage.write_text
+
+    def write_text(uri, text, encoding="utf-8"):
+        if "/_manifest" in str(uri):
+            written[0] += len(text.encode(encoding))
+        return original(uri, text, encoding)
+
+    storage.write_text = write_text
+    return written
+
+
+def one_run(n: int, work: Path) -> dict:
+    """Child process: one real run of n items; JSON on stdout."""
+    from dub import build_character
+
+    from cluster.dub import run_dub
+    from lipsync.config import DubConfig, load_config
+
+    character = build_character(work, "tiny")
+    cuts = make_cuts(work)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"n{n}-", dir=work))
+    catalog = write_catalog(run_dir / "catalog.csv", character, cuts, n)
+    cfg = load_config(DubConfig, overrides=["shard_frames=25", "actors=1", "device=cpu", "render.crf=23"])
+    written = count_manifest_bytes()
+    first: list[float] = []
+    t0 = time.monotonic()
+
+    def progress(p) -> None:
+        if p.frames_done and not first:
+            first.append(time.monotonic() - t0)
+
+    run = run_dub(str(catalog), str(run_dir / "out"), cfg, progress=progress)
+    wall = time.monotonic() - t0
+    t = run.report["timings"]
+    return {"items": n, "ok": run.report["counts"]["ok"], "frames": run.report["frames_rendered"], "wall_s": wall,
+            "per_item_s": wall / n, "peak_rss_mb": peak_rss_mb(), "manifest_bytes": written[0],
+            "first_shard_s": first[0] if first else None, "plan_share": t.get("plan_s", 0) / t["total_s"],
+            "ray_init_s": t.get("ray_init_s", 0)}
+
+
+def driver_only(n: int) -> dict:
+    """The driver's bookkeeping for n one-shard items, no Ray, no rendering."""
+    from cluster import dub as D
+    from lipsync.config import DubConfig, load_config
+    from lipsync.dub import plan as P
+    from lipsync.dub.catalog import CatalogItem
+    from lipsync.dub.stitch import StitchResult
+
+    cfg = load_config(DubConfig, overrides=["shard_frames=25"])
+    root = tempfile.mkdtemp(prefix="driver-only-")
+    written = count_manifest_bytes()
+    rss0 = peak_rss_mb()
+    t0 = time.monotonic()
+    driver = D._Driver(n, "catalog.csv", root, cfg, None)
+    key = {"format": 1, "audio_sha256": "0" * 64, "bundle_version": "v" * 16,
+           "params": {"start_frame": 0, "crf": 20, "preset": "veryfast", "pix_fmt": "yuv420p", "audio_bitrate": "128k"}}
+    for i in range(n):
+        item = CatalogItem(f"it{i:06d}", "/chars/obama", f"/audio/{i}.wav", f"{root}/it{i:06d}.mp4", row=i + 1)
+        plan = P.ItemPlan(item, "render", {**key, "output": item.output}, n_frames=8, duration=0.3,
+                          work=f"{root}/_work/k/{item.id}", feats=f"{root}/_work/k/{item.id}/feats.npy",
+                          shards=P.plan_shards(item.id, 8, 25), seconds=0.01)
+        (row,) = D.shard_rows([plan], cfg)
+        driver._on_row({**D.row_passport(row), "frames": 8, "reused": False, "seconds": 0.05, "error": ""})
+        driver._pump_stitches = lambda block: None  # no Ray: "stitch" at once
+        item_id = driver.stitch_queue.pop(0)
+        driver._on_stitch_result(item_id, StitchResult(item.output, 8, 0.3, 0.02, 12345, "f" * 64))
+    t_items = time.monotonic() - t0
+    results = driver._spooled_results()
+    report = D.build_report(items=results, run={}, timings={"total_s": 1.0})
+    D.write_report(f"{root}/_reports/r.json", report)
+    total = time.monotonic() - t0
+    return {"items": n, "bookkeeping_s": t_items, "per_item_us": 1e6 * t_items / n, "report_s": total - t_items,
+            "total_s": total, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0, "manifest_bytes": written[0],
+            "report_bytes": os.path.getsize(f"{root}/_reports/r.json")}
+
+
+def legacy_manifest(n: int) -> dict:
+    """The pre-issue-10 manifest: the whole _manifest.json rewritten after each of n items."""
+    from lipsync.dub.report import manifest_entry, write_manifest
+
+    root = tempfile.mkdtemp(prefix="legacy-manifest-")
+    written = count_manifest_bytes()
+    entries: dict = {}
+    t0 = time.monotonic()
+    for i in range(n):
+        entries[f"it{i:06d}"] = manifest_entry({"format": 1, "audio_sha256": "0" * 64}, f"{root}/it{i:06d}.mp4", 8,
+                                               12345, "f" * 64)
+        write_manifest(root, entries)
+    return {"items": n, "legacy_manifest_s": time.monotonic() - t0, "manifest_bytes": written[0]}
+
+
+def main() -> int:
+    args = parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    code = Path(args.code).resolve() if args.code else HERE.parent
+    sys.path[:0] = [str(HERE), str(code)]
+    if args.one:
+        print("RESULT " + json.dumps(one_run(args.one, work)), flush=True)
+        return 0
+    if args.legacy_manifest:
+        print(json.dumps(legacy_manifest(args.legacy_manifest)), flush=True)
+        return 0
+    if args.driver_only:
+        print(json.dumps(driver_only(args.driver_only)), flush=True)
+        return 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(HERE)]), "RAY_USAGE_STATS_ENABLED": "0"}
+    for n in (int(x) for x in args.items.split(",")):
+        proc = subprocess.run([sys.executable, str(code / "bench" / "dub_scale.py"), "--one", str(n), "--work",
+                               str(work), "--code", str(code)], cwd=code, env=env, capture_output=True, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        print(lines[-1][len("RESULT "):], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
