@@ -139,7 +139,7 @@ class PlanRows:
     encoder) from item to item. As tasks, Ray Data's backpressure leaves a planning worker idle
     whenever the render actors are behind, Ray kills idle workers beyond one per CPU, and every
     later plan task paid a new process, its imports and the character load (measured: 26
-    worker processes for the first 100 items, ~3x the planning time per item).
+    worker processes for 100 items, 2x the planning time; docs/BENCHMARKS.md).
     """
 
     def __init__(self, output_root: str, run: str, cfg: DubConfig, overwrite: bool):
