@@ -66,14 +66,21 @@ def s3_tmp(s3_bucket: str, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_head() -> Iterator[servers.RayHead]:
+def ray_head(request: pytest.FixtureRequest) -> Iterator[servers.RayHead]:
     """A real Ray head (`ray start --head --block`, 2 CPUs) in its own process group.
 
     RAY_AUTH_MODE=disabled is set for the session: the head runs without token auth, and a
-    `ray.init(address=head.gcs_address)` in a test must agree with it.
+    `ray.init(address=head.gcs_address)` in a test must agree with it. The test S3 server is
+    started first when it can be, so the head's processes carry its endpoint and credentials in
+    their environment, as a production node carries its own (credentials never travel in a
+    runtime_env: docs/STORAGE.md).
     """
     if servers.venv_script("ray") is None:
         pytest.skip("`ray` script not found next to the Python interpreter or on PATH")
+    try:
+        request.getfixturevalue("s3_server")
+    except pytest.skip.Exception:
+        pass  # no SeaweedFS here: the S3 tests skip; the local ones still need the head
     head = servers.start_ray_head()
     SERVER_START_SECONDS["Ray head"] = head.start_seconds
     try:
