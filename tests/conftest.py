@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 import servers
 
@@ -27,6 +28,16 @@ def media_dir() -> Path:
     if not MEDIA_DIR.is_dir():
         pytest.skip("../shared/media not present")
     return MEDIA_DIR
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a busy 2-core machine, 2 OpenMP threads per process were measured
+    10-20x slower than 1 (threads spinning at barriers while descheduled)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

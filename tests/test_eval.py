@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from clips import OBAMA, prepare_clip
 from lipsync.config import TrainConfig
 from lipsync.eval import metrics
 from lipsync.eval.metrics import lip_indices, lip_points, lmd, mouth_box, psnr, ssim, sync_score
@@ -175,20 +176,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def clip_dataset(tmp_path_factory, media_dir) -> Path:
     """The first 2 s of the Obama clip, prepared (50 frames)."""
-    from lipsync.config import PrepareConfig
-    from lipsync.data.prepare import prepare
-    from lipsync.io import media
-
-    root = tmp_path_factory.mktemp("eval_ds")
-    source = media_dir / "edtalk_uncrop_Obama.mp4"
-    media.write_wav(root / "clip.wav", media.read_audio(source)[: CLIP_FRAMES * 16000 // 25])
-    with media.VideoWriter(root / "clip.mp4", 450, 450, media.EncodeSettings(crf=12), audio=root / "clip.wav") as w:
-        for i, frame in enumerate(media.iter_video_frames(source)):
-            if i == CLIP_FRAMES:
-                break
-            w.write(frame)
-    prepare(str(root / "clip.mp4"), "obama2s", str(root / "ds"), PrepareConfig())
-    return root / "ds"
+    return prepare_clip(tmp_path_factory.mktemp("eval_ds"), media_dir / OBAMA, CLIP_FRAMES, "obama2s")
 
 
 @pytest.fixture(scope="module")

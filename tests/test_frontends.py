@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
+from clips import OBAMA, prepare_clip
 from lipsync.audio import frontend
 from lipsync.audio.frontend import audio_config_for, frame_features, load_frontend
 from lipsync.bundle import BUNDLE_FILE, load_character
-from lipsync.config import AudioConfig, ConfigError, PrepareConfig, RenderConfig, TrainConfig, load_config
+from lipsync.config import AudioConfig, ConfigError, RenderConfig, TrainConfig, load_config
 from lipsync.errors import InputError
 from lipsync.io import media
 from lipsync.models.generator import AUDIO_FEATURE_SHAPES
@@ -39,11 +39,8 @@ needs_wenet = pytest.mark.skipif(bool(_missing("onnxruntime", "kaldi_native_fban
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test here runs with one torch thread (conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
@@ -182,20 +179,7 @@ def test_a_missing_optional_package_names_the_extra(backend, tmp_path, monkeypat
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, media_dir) -> Path:
     """The first 2 s of the Obama clip, prepared (50 frames)."""
-    from lipsync.data.prepare import prepare
-
-    root = tmp_path_factory.mktemp("fe_ds")
-    clip = root / "clip.mp4"
-    wav = media.read_audio(media_dir / "edtalk_uncrop_Obama.mp4")[: 2 * 16000]
-    media.write_wav(root / "clip.wav", wav)
-    with media.VideoWriter(clip, 450, 450, media.EncodeSettings(crf=12), audio=root / "clip.wav") as w:
-        for i, frame in enumerate(media.iter_video_frames(media_dir / "edtalk_uncrop_Obama.mp4")):
-            if i == 50:
-                break
-            w.write(frame)
-    out = root / "ds"
-    prepare(str(clip), "obama2s", str(out), PrepareConfig())
-    return out
+    return prepare_clip(tmp_path_factory.mktemp("fe_ds"), media_dir / OBAMA, 50, "obama2s")
 
 
 QUICK = ["batch_size=4", "syncnet_batch_size=8", "val_fraction=0.2", "val_max_frames=10", "val_negatives_per_frame=1", "log_every=1",

@@ -39,11 +39,8 @@ SYNCTALK_GFLOPS = 9.77  # per frame at 320 px (4.89 GMAC), measured on SyncTalk_
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test here runs with one torch thread (conftest.one_torch_thread)."""
 
 
 def _inputs(config: GeneratorConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,11 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from clips import OBAMA, prepare_clip
 from lipsync.bundle import load_character, save_bundle
 from lipsync_cli.main import app
-from lipsync.config import AudioConfig, GeometryConfig, PrepareConfig, RenderConfig
+from lipsync.config import AudioConfig, GeometryConfig, RenderConfig
 from lipsync.data import layout
-from lipsync.data.prepare import prepare
 from lipsync.io import media
 from lipsync.models import build_generator, build_syncnet
 from lipsync.models.audio_encoder import AudioEncoder
@@ -31,18 +31,7 @@ LOSSLESS = RenderConfig(crf=0, pix_fmt="yuv444p", device="cpu")
 @pytest.fixture(scope="module")
 def short_dataset(tmp_path_factory, media_dir) -> Path:
     """The first 3 s of the Obama clip, prepared (75 frames)."""
-    root = tmp_path_factory.mktemp("render_ds")
-    clip = root / "clip.mp4"
-    wav = media.read_audio(media_dir / "edtalk_uncrop_Obama.mp4")[: 3 * 16000]
-    media.write_wav(root / "clip.wav", wav)
-    with media.VideoWriter(clip, 450, 450, media.EncodeSettings(crf=12), audio=root / "clip.wav") as w:
-        for i, frame in enumerate(media.iter_video_frames(media_dir / "edtalk_uncrop_Obama.mp4")):
-            if i == 75:
-                break
-            w.write(frame)
-    out = root / "ds"
-    prepare(str(clip), "obama3s", str(out), PrepareConfig())
-    return out
+    return prepare_clip(tmp_path_factory.mktemp("render_ds"), media_dir / OBAMA, 75, "obama3s")
 
 
 @pytest.fixture(scope="module")

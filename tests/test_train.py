@@ -50,13 +50,8 @@ QUICK = ["preset=tiny", "batch_size=4", "syncnet_batch_size=8", "val_max_frames=
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine, 2 OpenMP threads per process were measured
-    10-20x slower than 1 (threads spinning at barriers while descheduled)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs with one torch thread (conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
