@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib.resources
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,9 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from lipsync.errors import InputError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The default YAML files ship inside the package (package data), so a wheel install finds them;
+# users' own files are given as paths (`--config PATH`).
+CONFIG_DIR = importlib.resources.files("lipsync") / "configs"
 
 T = TypeVar("T")
 
@@ -316,8 +319,8 @@ CONFIG_FILES: dict[type, str] = {PrepareConfig: "prepare", RenderConfig: "render
 NESTED_FILES: dict[tuple[type, str], str] = {(DubConfig, "render"): "render"}
 
 
-def resolve_path(name_or_path: str | Path) -> Path:
-    """A bare name like "prepare" means configs/prepare.yaml; anything else is a path."""
+def resolve_path(name_or_path: str | Path) -> Path | importlib.resources.abc.Traversable:
+    """A bare name like "prepare" means the packaged lipsync/configs/prepare.yaml; anything else is a path."""
     p = Path(name_or_path)
     if p.suffix in {".yaml", ".yml"} or p.parent != Path("."):
         return p

@@ -638,7 +638,7 @@ def test_s3_secret_never_reaches_ray_logs_reports_or_outputs(character, audio_di
         # runtime_env contents (which is how the secret leaked before)
         canary = f"canary-{uuid.uuid4().hex}"
         rc2, log2 = servers.run_ray_job(head, ["python", "-c", "print('ok')"],
-                                        working_dir=Path(__file__).resolve().parents[1] / "configs",
+                                        working_dir=Path(__file__).resolve().parents[1] / "lipsync" / "configs",
                                         env={"LIPSYNC_CANARY": canary}, timeout=120)
         assert rc2 == 0, log2[-2000:]
         head.stop()
