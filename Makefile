@@ -9,7 +9,7 @@ AUDIO ?=
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: test demo venv clean-venv bench
+.PHONY: test demo venv clean-venv bench wheel-check
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+# The wheel, installed into a fresh venv (dependencies borrowed from .venv), run from a temp dir:
+# --version, --help, a short prepare + render. .ci/run runs it after `make test`.
+wheel-check: $(STAMP)
+	VENV="$(abspath $(VENV))" MEDIA="$(abspath $(MEDIA))" .ci/wheel_check.sh
 
 demo: $(STAMP)
 	$(PY) jobs/demo.py --video "$(VIDEO)" $(if $(AUDIO),--audio "$(AUDIO)") --out "$(DEMO_OUT)"

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="plan and validate every row, print items, frames, skips and an estimated render "
                         "time; render and write nothing")
-    p.add_argument("--config", default=None, help="YAML config (default configs/dub.yaml)")
+    p.add_argument("--config", default=None, help="YAML config (default lipsync/configs/dub.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value (repeatable)")
     return p.parse_args(argv)
 

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="hubert: HubertModel directory; wenet: encoder .onnx (local path on every worker, or s3://)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (and dataset)")
     p.add_argument("--address", default=None, help="Ray address (default: the job's cluster, else local)")
-    p.add_argument("--config", default=None, help="YAML config (default configs/train.yaml)")
+    p.add_argument("--config", default=None, help="YAML config (default lipsync/configs/train.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value (repeatable)")
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: fail once
     return p.parse_args(argv)

@@ -1,12 +1,12 @@
 """Typed configuration: every run setting of every stage, and the one loader for them.
 
 The run configs (frozen dataclasses) live here; the architectures (GeneratorConfig,
-SyncNetConfig, the presets of configs/models.yaml) live with the models, because they are saved
+SyncNetConfig, the presets of lipsync/configs/models.yaml) live with the models, because they are saved
 into each bundle and never change with a run.
 
 `load_config(cls, path, overrides, flags)` is the only way entry points get a config:
 
-    configs/<name>.yaml (or `path`)  ->  `--set key=value` overrides  ->  command-line flags
+    lipsync/configs/<name>.yaml (or `path`)  ->  `--set key=value` overrides  ->  command-line flags
 
 then validates the result with pydantic (types and ranges declared on the fields below): an
 unknown key (with a did-you-mean), a value of the wrong type or out of range is a ConfigError
@@ -311,7 +311,7 @@ class EvalConfig:
 # ---------------------------------------------------------------------------------------------
 # the loader
 
-# Each run config's YAML file in configs/ (a bare name) ...
+# Each run config's YAML file in lipsync/configs/ (package data; a bare name) ...
 CONFIG_FILES: dict[type, str] = {PrepareConfig: "prepare", RenderConfig: "render", DubConfig: "dub",
                                  TrainConfig: "train", EvalConfig: "eval"}
 # ... and nested sections whose defaults come from another file (the dub actors render with
@@ -329,7 +329,11 @@ def resolve_path(name_or_path: str | Path) -> Path | importlib.resources.abc.Tra
 
 def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
     """A YAML mapping; ConfigError naming the file when it is missing, unreadable or not a mapping."""
-    path = resolve_path(name_or_path)
+    return read_yaml_file(resolve_path(name_or_path))
+
+
+def read_yaml_file(path: Path | importlib.resources.abc.Traversable) -> dict[str, Any]:
+    """The YAML mapping in the file `path` itself (no name lookup); ConfigError naming it."""
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -458,8 +462,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     `flags` holds command-line options (nested dicts for sections; None = not given).
     ConfigError (exit code 2) for an unknown key, a wrong type or a value out of range.
     """
-    source = resolve_path(path if path is not None else CONFIG_FILES[cls])
-    data = load_yaml(source)
+    # A user's `path` is always a file path (`foo` is ./foo, not a packaged lipsync/configs/foo.yaml).
+    source = Path(path) if path is not None else resolve_path(CONFIG_FILES[cls])
+    data = read_yaml_file(source)
     for (owner, key), file in NESTED_FILES.items():
         if owner is cls:
             data[key] = merge(load_yaml(file), data.get(key) or {})

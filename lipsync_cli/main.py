@@ -9,6 +9,8 @@ items failed (see its report).
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import logging
 import os
 import time
 import traceback
@@ -31,25 +33,60 @@ from lipsync.train import train_character
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lip-sync dubbing engine.",
                   pretty_exceptions_enable=False)
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress bars and summaries (silenced by -q)
+error_console = Console(stderr=True)  # the one error line (never silenced)
 
 EXIT_BUG = 1
 EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130
 LOG_DIR_ENV = "LIPSYNC_LOG_DIR"  # where tracebacks of unexpected errors go (default: <cache>/logs)
 
-ConfigOption = typer.Option(None, "--config", help="YAML config (default: the command's file in configs/)")
+ConfigOption = typer.Option(None, "--config", help="your YAML config file (default: the command's own lipsync/configs/*.yaml)")
 SetOption = typer.Option([], "--set", help="config override key=value (repeatable, dotted keys for sections)")
 PrecisionOption = typer.Option(None, "--precision", help="auto | fp32 | bf16 (auto: bf16 where the device has it natively)")
 
 
+OUR_LOGGERS = ("lipsync", "lipsync_cli", "cluster")
+
+
+def version_text() -> str:
+    return f"lipsync {importlib.metadata.version('lipsync')}"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    """stdlib logging to stderr: warnings by default; -v: our debug messages too (third-party
+    libraries stay at warnings); -q: errors only, and no progress bars or summary lines."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.ERROR if quiet else logging.WARNING)
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose and not quiet else logging.NOTSET)
+    console.quiet = quiet
+
+
 @app.callback()
-def _group() -> None:
-    """Lip-sync dubbing engine: prepare | train | render | dub | eval."""
+def _group(
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="debug messages of lipsync on stderr"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="errors only: no progress bars or summaries"),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """Lip-sync dubbing engine: prepare | train | render | dub | eval | info."""
+    setup_logging(verbose, quiet)
 
 
 def fail(message: str, code: int = EXIT_INPUT_ERROR) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -261,7 +298,7 @@ def eval_(
 ) -> None:
     """Self-reconstruction on the held-out frames: PSNR/SSIM, lip distance, sync vs shuffled audio.
 
-    The generator runs with configs/render.yaml's settings (and --precision), as in a dub.
+    The generator runs with lipsync/configs/render.yaml's settings (and --precision), as in a dub.
     """
     with reported_errors("eval"):
         cfg = load_config(EvalConfig, config, set_, {"device": device})

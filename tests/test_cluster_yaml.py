@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,17 @@ def test_every_node_installs_torch_then_the_package(config):
     assert any(f"-e {remote}" in commands[package_at] for remote in mounted), "the package installed is not the synced one"
     assert not config["available_node_types"]["worker.gpu"].get("worker_setup_commands"), \
         "a node-type setup list would replace the common setup_commands on the workers"
+
+
+def test_gpu_nodes_install_the_cuda_build_of_the_pinned_torch(config):
+    """The documented GPU-node install line is the one the cluster runs: the CUDA build, from the
+    PyTorch index, of the torch version pyproject.toml pins (issue 15, item 2)."""
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    version = next(re.fullmatch(r"torch==(\S+)", p).group(1) for p in pins if p.startswith("torch=="))
+    line = next(c for c in config["setup_commands"] if "pip install" in c and "torch" in c)
+    assert f"torch=={version} " in line
+    index = re.search(r"--index-url (https://download\.pytorch\.org/whl/cu\d+)\b", line)
+    assert index, f"not the CUDA build from the PyTorch index: {line}"
+    documented = f"pip install torch=={version} --index-url {index.group(1)}"
+    for doc in ("README.md", "docs/CLUSTER.md"):
+        assert documented in (REPO / doc).read_text(), f"{doc} does not give the install line {documented!r}"

@@ -8,12 +8,54 @@ the frames of one video in order; use a new detector for another video.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
 from types import TracebackType
 
 import cv2
 import numpy as np
 
 N_LANDMARKS = 468  # Face Mesh without iris refinement
+WARM_UP_SIZE = 64  # side of the blank frame that makes the graph open its models in __init__
+
+logger = logging.getLogger(__name__)
+_STDERR_LOCK = threading.Lock()  # fd 2 is one per process
+
+# mediapipe 0.10.14 calls protobuf's deprecated GetPrototype on every result (harmless, protobuf<5).
+warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated",
+                        category=UserWarning, module=r"google\.protobuf")
+
+
+@contextlib.contextmanager
+def _native_stderr_to_log(what: str) -> Iterator[None]:
+    """Whatever native code writes to fd 2 inside the block (TFLite's "Created TensorFlow Lite
+    XNNPACK delegate", absl's "All log messages before absl::InitializeLog()", "Feedback manager
+    requires a model with a single signature") goes to the debug log instead of the terminal;
+    it is written back to stderr when the block raises. GLOG_minloglevel / TF_CPP_MIN_LOG_LEVEL
+    were measured to silence none of these lines in mediapipe 0.10.14."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace").strip()
+            if text and failed:
+                os.write(2, (text + "\n").encode())
+            elif text:
+                logger.debug("%s: %s", what, text)
 
 
 class FaceMeshDetector:
@@ -23,16 +65,20 @@ class FaceMeshDetector:
     """
 
     def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5):
-        # Imported here so that `lipsync.face.geometry` users do not pay for mediapipe's import.
-        from mediapipe.python.solutions import face_mesh
+        with _native_stderr_to_log("mediapipe face mesh"):
+            # Imported here so that `lipsync.face.geometry` users do not pay for mediapipe's import.
+            from mediapipe.python.solutions import face_mesh
 
-        self._mesh = face_mesh.FaceMesh(
-            static_image_mode=False,  # video mode: track between frames
-            max_num_faces=1,
-            refine_landmarks=False,  # 468 points; iris points are not needed
-            min_detection_confidence=min_detection_confidence,
-            min_tracking_confidence=min_tracking_confidence,
-        )
+            self._mesh = face_mesh.FaceMesh(
+                static_image_mode=False,  # video mode: track between frames
+                max_num_faces=1,
+                refine_landmarks=False,  # 468 points; iris points are not needed
+                min_detection_confidence=min_detection_confidence,
+                min_tracking_confidence=min_tracking_confidence,
+            )
+            # The graph opens its models (and logs) on its threads after start: one blank frame
+            # waits for that here. No face in it, so tracking state is as before.
+            self._mesh.process(np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8))
         self._closed = False
 
     def detect(self, frame_bgr: np.ndarray) -> np.ndarray | None:
