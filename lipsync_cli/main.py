@@ -1,4 +1,4 @@
-"""`lipsync prepare | train | render | dub | eval`: parse arguments, load the config, call the library.
+"""`lipsync prepare | train | render | dub | eval | info`: parse arguments, load the config, call the library.
 
 Exit codes: 0 done; 2 bad input or option (`lipsync.errors.InputError`, config errors included):
 one line on stderr, nothing run or written; 1 an unexpected error (a bug or a failing
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import logging
 import os
 import time
@@ -313,6 +314,24 @@ def eval_(
                   f"held_out_fraction {pairing['held_out_fraction']}, sync_audio_offset "
                   f"{pairing['sync_audio_offset']}, from the {pairing['source']}) in {result['seconds']:.0f} s "
                   f"-> {json_out}" + (f", {strip}" if strip else ""))
+
+
+@app.command()
+def info(
+    path: str = typer.Argument(..., help="character bundle dir, prepared dataset dir or dub report .json"),
+    json_: bool = typer.Option(False, "--json", help="print the facts as JSON on stdout"),
+) -> None:
+    """What a bundle (preset, front-end, steps, held-out metrics vs baselines, frames, version), a
+    dataset (frames, fps, faceless frames) or a dub report (counts, failures) holds."""
+    from lipsync.info import describe, lines
+
+    with reported_errors("info"):
+        facts = describe(path)
+    if json_:
+        typer.echo(json.dumps(facts, indent=2))
+    else:
+        for line in lines(facts):
+            typer.echo(line)
 
 
 def main() -> None:

@@ -78,3 +78,101 @@ def test_prepare_prints_no_third_party_noise(clip, tmp_path):
     # -q: nothing at all on success
     quiet = run_cli("-q", "prepare", str(clip), "--name", "clip", "--out", str(tmp_path / "ds3"), cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == "", quiet.stderr
+
+
+# --- lipsync info ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset(clip) -> Path:
+    """The 25-frame clip, prepared (in this process: the subprocess run is tested above)."""
+    from lipsync.config import PrepareConfig
+    from lipsync.data.prepare import prepare
+
+    prepare(str(clip), "clip", str(clip.parent / "ds"), PrepareConfig())
+    return clip.parent / "ds"
+
+
+@pytest.fixture(scope="module")
+def bundle(dataset) -> Path:
+    """A tiny untrained bundle whose bundle.json records a training summary (as train writes it)."""
+    import torch
+
+    from lipsync.bundle import save_bundle
+    from lipsync.config import AudioConfig, GeometryConfig
+    from lipsync.models import build_generator, build_syncnet
+    from lipsync.models.audio_encoder import AudioEncoder
+
+    torch.manual_seed(0)
+    out = dataset.parent / "bundle"
+    save_bundle(str(out), name="clip", preset="tiny", generator=build_generator("tiny"), audio_encoder=AudioEncoder(),
+                syncnet=build_syncnet("tiny"), audio=AudioConfig(), geometry=GeometryConfig(), dataset_dir=dataset,
+                train_info={"syncnet_steps": 20, "generator_steps": 30, "device": "cpu", "world_size": 1,
+                            "syncnet_val_acc": 0.625, "val_l1": 0.0812, "val_l1_reference_copy": 0.0734})
+    return out
+
+
+@pytest.mark.media
+def test_info_bundle(bundle, tmp_path):
+    import json
+
+    from lipsync.models import model_preset
+
+    result = run_cli("info", str(bundle), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "preset          tiny" in text and "audio front-end ave" in text
+    assert "syncnet 20 + generator 30 = 50" in text
+    assert "0.0812 vs reference-copy baseline 0.0734 (NOT below the baseline: undertrained)" in text
+    assert "accuracy 0.625" in text and "frames          25 (0 without a face)" in text
+    facts = json.loads(run_cli("info", str(bundle), "--json", cwd=tmp_path).stdout)
+    version = json.loads((bundle / "bundle.json").read_text())["version"]
+    assert facts["kind"] == "bundle" and facts["version"] == version and version in text
+    assert facts["train_steps"] == {"syncnet": 20, "generator": 30} and facts["frames"] == 25
+    assert facts["crop_margin"] == model_preset("tiny").crop_margin
+    assert facts["held_out"]["l1"] == 0.0812 and facts["held_out"]["l1_reference_copy"] == 0.0734
+
+
+@pytest.mark.media
+def test_info_dataset(dataset, tmp_path):
+    import json
+
+    result = run_cli("info", str(dataset), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "frames          25 at 25 fps (0 without a face" in result.stdout
+    facts = json.loads(run_cli("info", str(dataset), "--json", cwd=tmp_path).stdout)
+    assert facts["kind"] == "dataset" and facts["frames"] == 25 and facts["fps"] == 25
+    assert facts["frames_without_face"] == 0
+
+
+def test_info_dub_report(tmp_path):
+    import json
+
+    from lipsync.dub.report import ItemResult, build_report
+
+    items = [ItemResult("a", "ok", "a.mp4", frames=50, row=0),
+             ItemResult("b", "failed", "b.mp4", error="audio.wav: not found", row=1),
+             ItemResult("c", "skipped", "c.mp4", row=2)]
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(build_report(items=items, run={}, timings={"total_s": 10.0})))
+    result = run_cli("info", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "3: 1 done, 1 failed, 1 skipped" in result.stdout
+    assert "failed row 1 b: audio.wav: not found" in result.stdout
+    facts = json.loads(run_cli("info", str(path), "--json", cwd=tmp_path).stdout)
+    assert facts["counts"] == {"ok": 1, "failed": 1, "skipped": 1}
+    assert facts["failures"] == [{"row": 1, "id": "b", "error": "audio.wav: not found"}]
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty_dir", "other_json"])
+def test_info_of_anything_else_is_one_line_exit_2(tmp_path, make):
+    target = tmp_path / {"missing": "nope", "file": "x.mp4", "empty_dir": "d", "other_json": "o.json"}[make]
+    if make == "file":
+        target.write_bytes(b"not a video")
+    elif make == "empty_dir":
+        target.mkdir()
+    elif make == "other_json":
+        target.write_text('{"a": 1}')
+    result = run_cli("info", str(target), cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert one_error_line(result).startswith(f"error: {target}: ")

@@ -26,9 +26,12 @@ WARM_UP_SIZE = 64  # side of the blank frame that makes the graph open its model
 logger = logging.getLogger(__name__)
 _STDERR_LOCK = threading.Lock()  # fd 2 is one per process
 
-# mediapipe 0.10.14 calls protobuf's deprecated GetPrototype on every result (harmless, protobuf<5).
-warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated",
-                        category=UserWarning, module=r"google\.protobuf")
+
+def _ignore_protobuf_deprecation() -> None:
+    """mediapipe 0.10.14 calls protobuf's deprecated GetPrototype on every result (harmless with
+    protobuf<5). Added again by each detector: a caller (pytest) may have reset the filters."""
+    warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated",
+                            category=UserWarning, module=r"google\.protobuf")
 
 
 @contextlib.contextmanager
@@ -65,6 +68,7 @@ class FaceMeshDetector:
     """
 
     def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5):
+        _ignore_protobuf_deprecation()
         with _native_stderr_to_log("mediapipe face mesh"):
             # Imported here so that `lipsync.face.geometry` users do not pay for mediapipe's import.
             from mediapipe.python.solutions import face_mesh
