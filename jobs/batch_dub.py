@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--actors", default=None, help="render actors: N, or MIN:MAX to autoscale")
     p.add_argument("--crf", type=int, default=None, help="H.264 crf for rows without one")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--silence", choices=["rest", "keep"], default=None,
+                   help="where the audio has no voice: the character's closed mouth (rest) or the generator's")
     p.add_argument("--overwrite", action="store_true", help="replace files at row outputs this job did not write")
     p.add_argument("--dry-run", action="store_true",
                    help="plan and validate every row, print items, frames, skips and an estimated render "
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(DubConfig, args.config, args.overrides,
                           dub_flags(shard_frames=args.shard_frames, actors=args.actors, crf=args.crf,
-                                    device=args.device))
+                                    device=args.device, silence=args.silence))
     except InputError as e:  # bad option or config value
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR

@@ -10,12 +10,12 @@ from lipsync.config import ConfigError
 
 
 def dub_flags(*, shard_frames: int | None = None, actors: str | int | None = None, crf: int | None = None,
-              device: str | None = None) -> dict:
+              device: str | None = None, silence: str | None = None) -> dict:
     """Command-line options of `lipsync dub` / jobs/batch_dub.py as the `flags` of load_config.
 
     `actors` is "N" (a fixed pool) or "MIN:MAX" (an autoscaling pool).
     """
-    return {"shard_frames": shard_frames, "device": device, "render": {"crf": crf},
+    return {"shard_frames": shard_frames, "device": device, "render": {"crf": crf, "silence": silence},
             **(parse_actors(str(actors)) if actors is not None else {})}
 
 

@@ -18,6 +18,19 @@ from lipsync.config import GeometryConfig
 
 Box = tuple[int, int, int, int]
 
+# Face Mesh points of the mouth-opening measure: inner lips (upper 13, lower 14) and the outer eye
+# corners (33, 263), whose distance makes the aperture independent of the face's size in the frame.
+INNER_LIP_TOP, INNER_LIP_BOTTOM = 13, 14
+EYE_OUTER_RIGHT, EYE_OUTER_LEFT = 33, 263
+
+
+def mouth_aperture(landmarks: np.ndarray) -> np.ndarray:
+    """(..., 468, 2) landmarks -> (...) inner-lip opening / inter-ocular distance (0 = closed)."""
+    lms = np.asarray(landmarks, np.float32)
+    opening = np.linalg.norm(lms[..., INNER_LIP_TOP, :] - lms[..., INNER_LIP_BOTTOM, :], axis=-1)
+    eyes = np.linalg.norm(lms[..., EYE_OUTER_RIGHT, :] - lms[..., EYE_OUTER_LEFT, :], axis=-1)
+    return opening / np.maximum(eyes, 1e-6)
+
 
 # --- landmarks over time -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from lipsync.bundle import Character
 from lipsync.config import RenderConfig
 from lipsync.data.inputs import generator_input, to_image
 from lipsync.face import geometry
+from lipsync.render.rest import RestingMouth, rested_crop
 from lipsync.runtime import autocast
 
 
@@ -46,11 +47,20 @@ def paint(character: Character, inputs: np.ndarray, audio: np.ndarray, cfg: Rend
 
 
 def painted_frame(character: Character, frame: np.ndarray, box: np.ndarray, crop_full: np.ndarray,
-                  output: np.ndarray) -> np.ndarray | None:
-    """The generated (3, S, S) mouth pasted into `frame`; None when the output is not finite."""
-    if not np.isfinite(output).all():
+                  output: np.ndarray | None, rest: RestingMouth | None = None,
+                  rest_weight: float = 0.0) -> np.ndarray | None:
+    """The generated (3, S, S) mouth pasted into `frame`; None when the output is not finite.
+
+    With a resting mouth and a rest weight > 0 (a pause, lipsync.render.rest), the generated crop
+    is cross-faded with the rested one; at weight 1 the output is not used (it may be None).
+    """
+    if rest is not None and rest_weight >= 1.0:
+        return geometry.paste_back(frame, box, rested_crop(crop_full, crop_full, rest, 1.0), character.geometry)
+    if output is None or not np.isfinite(output).all():
         return None
     m, s = character.margin, character.size
-    crop_full = crop_full.copy()
-    crop_full[m:m + s, m:m + s] = to_image(output)
-    return geometry.paste_back(frame, box, crop_full, character.geometry)
+    generated = crop_full.copy()
+    generated[m:m + s, m:m + s] = to_image(output)
+    if rest is not None and rest_weight > 0.0:
+        generated = rested_crop(crop_full, generated, rest, rest_weight)
+    return geometry.paste_back(frame, box, generated, character.geometry)

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from lipsync.audio import frontend
+from lipsync.audio import frontend, vad
 from lipsync.audio.features import context_range
 from lipsync.bundle import Character, load_character
 from lipsync.config import RenderConfig
@@ -29,6 +29,7 @@ from lipsync.errors import InputError, OutputExistsError
 from lipsync.face import geometry
 from lipsync.io import media, storage
 from lipsync.render.paint import model_crop, model_input, paint, painted_frame, prepare_for_inference
+from lipsync.render.rest import RestingMouth, resting_mouth
 from lipsync.runtime import resolve_device
 
 ProgressFn = Callable[[int, int], None]
@@ -41,6 +42,7 @@ class SegmentStats:
     frames: int = 0
     no_face: int = 0  # template frames without a detected face: written unchanged
     nonfinite: int = 0  # model outputs with NaN/inf: the template frame is written instead
+    resting: int = 0  # frames inside a pause: the resting mouth, no generator output
     seconds: float = 0.0
     model_seconds: float = 0.0
 
@@ -62,6 +64,12 @@ class _Batch:
     passthrough: list[bool]  # no face in the template: written unchanged
     inputs: np.ndarray  # (B, 6, S, S) float32
     audio: np.ndarray  # (B, *context_shape) float32
+    rest: np.ndarray | None = None  # (B,) rest weights (pauses, lipsync.audio.vad); None: no pause
+
+    @property
+    def all_resting(self) -> bool:
+        """Every frame is fully at rest: the generator's output would not be used."""
+        return self.rest is not None and bool((self.rest >= 1.0).all())
 
 
 _END = object()
@@ -117,13 +125,14 @@ def audio_features(character: Character, wav, batch_size: int = 64) -> np.ndarra
 # the three stages
 
 
-def _read_batches(character: Character, feats: np.ndarray, a: int, b: int, start_frame: int, batch_size: int
-                  ) -> Iterator[_Batch]:
+def _read_batches(character: Character, feats: np.ndarray, a: int, b: int, start_frame: int, batch_size: int,
+                  rest: np.ndarray | None = None) -> Iterator[_Batch]:
     """Template frames for output frames [a, b), cropped and turned into model inputs."""
     no_face = character.frames_without_face
     for lo in range(a, b, batch_size):
         hi = min(b, lo + batch_size)
-        batch = _Batch(list(range(lo, hi)), [], [], [], [], None, context_range(feats, lo, hi, character.audio))
+        batch = _Batch(list(range(lo, hi)), [], [], [], [], None, context_range(feats, lo, hi, character.audio),
+                       None if rest is None or not rest[lo:hi].any() else rest[lo:hi])
         inputs = []
         for k in batch.indices:
             t = geometry.bounce(k + start_frame, character.n_templates)
@@ -139,14 +148,18 @@ def _read_batches(character: Character, feats: np.ndarray, a: int, b: int, start
         yield batch
 
 
-def _paste(character: Character, batch: _Batch, outputs: np.ndarray, stats: SegmentStats) -> Iterator[np.ndarray]:
+def _paste(character: Character, batch: _Batch, outputs: np.ndarray | None, stats: SegmentStats,
+           mouth: RestingMouth | None) -> Iterator[np.ndarray]:
     for i in range(len(batch.indices)):
         frame = batch.frames[i]
         if batch.passthrough[i]:
             stats.no_face += 1
             yield frame
             continue
-        painted = painted_frame(character, frame, batch.boxes[i], batch.crops[i], outputs[i])
+        weight = 0.0 if batch.rest is None else float(batch.rest[i])
+        stats.resting += weight >= 1.0
+        painted = painted_frame(character, frame, batch.boxes[i], batch.crops[i],
+                                None if outputs is None else outputs[i], mouth, weight)
         if painted is None:
             stats.nonfinite += 1
             yield frame
@@ -193,10 +206,17 @@ def _get(q: queue.Queue, producer: threading.Thread, stop: threading.Event):
 
 def render_segment(character: Character, feats: np.ndarray, a: int, b: int, out_path: str | Path, *,
                    cfg: RenderConfig = RenderConfig(), crf: int | None = None, start_frame: int = 0,
-                   audio_path: str | Path | None = None, progress: ProgressFn | None = None) -> SegmentStats:
-    """Render output frames [a, b) into an H.264 mp4 at `out_path` (a local file)."""
+                   audio_path: str | Path | None = None, progress: ProgressFn | None = None,
+                   rest: np.ndarray | None = None) -> SegmentStats:
+    """Render output frames [a, b) into an H.264 mp4 at `out_path` (a local file).
+
+    `rest`: the item's (N,) rest weights (lipsync.audio.vad.frame_rest_weights) or None (no pauses).
+    """
     if not 0 <= a < b <= len(feats):
         raise ValueError(f"frame range [{a}, {b}) is not inside [0, {len(feats)})")
+    if rest is not None and len(rest) != len(feats):
+        raise ValueError(f"{len(rest)} rest weights for {len(feats)} frames")
+    mouth = resting_mouth(character, cfg) if rest is not None and rest[a:b].any() else None
     started = time.perf_counter()
     settings = media.EncodeSettings(crf=cfg.crf if crf is None else crf, preset=cfg.x264_preset,
                                     pix_fmt=cfg.pix_fmt, audio_bitrate=cfg.audio_bitrate)
@@ -207,7 +227,7 @@ def render_segment(character: Character, feats: np.ndarray, a: int, b: int, out_
     to_writer: queue.Queue = queue.Queue(cfg.queue_depth)
 
     def read() -> None:
-        for batch in _read_batches(character, feats, a, b, start_frame, cfg.batch_size):
+        for batch in _read_batches(character, feats, a, b, start_frame, cfg.batch_size, rest):
             if not _put(to_model, batch, stop):
                 return
         _put(to_model, _END, stop)
@@ -220,7 +240,7 @@ def render_segment(character: Character, feats: np.ndarray, a: int, b: int, out_
                 if item is _END:
                     return
                 batch, outputs = item
-                for frame in _paste(character, batch, outputs, stats):
+                for frame in _paste(character, batch, outputs, stats, mouth):
                     writer.write(frame)
                 stats.frames += len(batch.indices)
                 if progress:
@@ -236,7 +256,7 @@ def render_segment(character: Character, feats: np.ndarray, a: int, b: int, out_
                 if batch is _END:
                     break
                 t0 = time.perf_counter()
-                outputs = paint(character, batch.inputs, batch.audio, cfg)
+                outputs = None if batch.all_resting else paint(character, batch.inputs, batch.audio, cfg)
                 stats.model_seconds += time.perf_counter() - t0
                 if not _put(to_writer, (batch, outputs), stop, painter):
                     break
@@ -277,10 +297,11 @@ def render(character_uri: str, audio_uri: str, out_uri: str, cfg: RenderConfig =
     with storage.local_copy(audio_uri) as audio_path:
         wav = load_audio(audio_path, cfg, character.audio.sample_rate)
         feats = audio_features(character, wav, cfg.feature_batch_size)
+        rest = vad.frame_rest_weights(wav, len(feats), character.audio, cfg)  # None when silence is keep
         # 3. render all frames into one file, audio muxed in the same pass, then publish
         with storage.atomic_file(out_uri) as tmp:
             stats = render_segment(character, feats, 0, len(feats), tmp, cfg=cfg,
                                    crf=crf if crf is not None else (cfg.crf_enhance if enhance else cfg.crf),
-                                   start_frame=start_frame, audio_path=audio_path, progress=progress)
+                                   start_frame=start_frame, audio_path=audio_path, progress=progress, rest=rest)
     return RenderResult(out=out_uri, frames=len(feats), duration=wav.size / character.audio.sample_rate,
                         stats=stats)
