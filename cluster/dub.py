@@ -69,6 +69,7 @@ from lipsync.dub.report import (
     build_report,
     manifest_entry,
     one_line,
+    preview_uri,
     read_manifest,
     report_uri,
     write_report,
@@ -79,6 +80,7 @@ from lipsync.errors import MediaError
 from lipsync.io import media, storage
 from lipsync.render import render_segment
 from lipsync.render.paint import prepare_for_inference
+from lipsync.render.preview import template_boxes, write_video_preview
 from lipsync.runtime import resolve_device
 
 EXIT_OK = 0
@@ -169,7 +171,7 @@ def plan_rows(row: dict[str, Any], output_root: str, run: str, cfg: DubConfig, o
         return [status_row(outcome)]
     if outcome.status == "skipped":
         return [status_row(ItemResult(item.id, "skipped", item.output, frames=outcome.n_frames, row=item.row,
-                                      seconds=outcome.seconds), outcome)]
+                                      seconds=outcome.seconds, warning=outcome.warning), outcome)]
     return shard_rows([outcome], cfg)
 
 
@@ -362,7 +364,19 @@ class StitchFailure:
     seconds: float = 0.0
 
 
-def stitch_one(plan: P.ItemPlan, cfg: DubConfig) -> StitchResult | StitchFailure:
+def write_item_preview(plan: P.ItemPlan, result: StitchResult, preview: str) -> StitchResult:
+    """The item's preview PNG (lipsync.render.preview) from its published output; a preview that
+    cannot be made is logged and left out (the dub itself succeeded)."""
+    try:
+        write_video_preview(result.output, preview, template_boxes(plan.item.character), n_frames=result.frames,
+                            start_frame=plan.item.start_frame)
+    except Exception as e:  # noqa: BLE001 - optional output
+        logger.warning("no preview for %s: %s", plan.item.id, one_line(e))
+        return result
+    return dataclasses.replace(result, preview=preview)
+
+
+def stitch_one(plan: P.ItemPlan, cfg: DubConfig, preview: str | None = None) -> StitchResult | StitchFailure:
     """Join an item's segments with its audio and publish; the work prefix is left to the driver.
 
     Just before the publish, `<work>/output.json` records the file (key, size, sha256), so that
@@ -388,10 +402,11 @@ def stitch_one(plan: P.ItemPlan, cfg: DubConfig) -> StitchResult | StitchFailure
                                audio_duration=plan.duration, settings=settings, before_publish=record)
 
     try:
-        return call_with_retries(stitch, what=f"stitch {plan.item.id}")
+        result = call_with_retries(stitch, what=f"stitch {plan.item.id}")
     except Exception as e:  # noqa: BLE001 - the item's failure, reported by the driver in one line
         return StitchFailure(one_line(e), time.perf_counter() - started)
 
+    return write_item_preview(plan, result, preview) if preview else result
 
 # ---------------------------------------------------------------------------------------------
 # the driver
@@ -653,7 +668,8 @@ class _Driver:
         """Start queued stitches up to the limit; collect finished ones (waiting for one if `block`)."""
         while self.stitch_queue and len(self.stitching) < self.cfg.max_concurrent_stitches:
             item_id = self.stitch_queue.pop(0)
-            self.stitching[self.stitch_task.remote(self.inflight[item_id].plan, self.cfg)] = item_id
+            preview = preview_uri(self.output_root, item_id) if self.cfg.preview else None
+            self.stitching[self.stitch_task.remote(self.inflight[item_id].plan, self.cfg, preview)] = item_id
         if not self.stitching:
             return
         done, _ = ray.wait(list(self.stitching), num_returns=1, timeout=None if block else 0)
@@ -682,7 +698,7 @@ class _Driver:
         del self.inflight[item_id]
         self._finish(ItemResult(item_id, "ok", result.output, frames=result.frames, row=plan.item.row,
                                 seconds=state.seconds + result.seconds, segments_rendered=state.rendered,
-                                segments_reused=state.reused))
+                                segments_reused=state.reused, warning=plan.warning, preview=result.preview))
 
     # --- storage ------------------------------------------------------------------------------
 

@@ -440,3 +440,43 @@ def _frame_size(info: dict[str, Any], local: Path, uri: str) -> tuple[int, int]:
     if not all(isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= MAX_FRAME_SIDE for v in size):
         raise InputError(uri, f"bundle.json frame_size {size} is not two integers in [2, {MAX_FRAME_SIDE}]")
     return int(size[0]), int(size[1])
+
+
+# --- is the character trained enough to render? ---------------------------------------------------
+
+# Held-out L1 must be at most this fraction of the reference-copy baseline to count as "clearly
+# below" it. A trained tiny character reaches ~0.57 of it (docs/TRAINING.md, 0.044 vs 0.077); a
+# generator at or just under the baseline paints little more than a blurred copy of the template.
+UNDERTRAINED_RATIO = 0.9
+
+
+def undertrained(train: dict[str, Any]) -> tuple[float, float] | None:
+    """(held-out L1, reference-copy L1) when the recorded held-out L1 is not clearly below the
+    baseline (> UNDERTRAINED_RATIO x baseline); None when it is, or when either is not recorded
+    (bundles trained without a held-out split say nothing)."""
+    l1, ref = (train or {}).get("val_l1"), (train or {}).get("val_l1_reference_copy")
+    numbers = [v for v in (l1, ref) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if len(numbers) != 2 or ref <= 0:
+        return None
+    return (float(l1), float(ref)) if l1 > UNDERTRAINED_RATIO * ref else None
+
+
+def undertrained_warning(uri: str, train: dict[str, Any]) -> str | None:
+    """The one warning line render and dub print for an undertrained character (None when fine)."""
+    found = undertrained(train)
+    if found is None:
+        return None
+    l1, ref = found
+    return (f"{uri} looks undertrained: held-out L1 {l1:.3f} vs {ref:.3f} for copying the reference; "
+            f"train longer (--steps)")
+
+
+def read_train_info(uri: str) -> dict[str, Any]:
+    """bundle.json's "train" section, reading only bundle.json; {} when it cannot be read (render's
+    own checks report a missing or broken bundle)."""
+    try:
+        info = json.loads(storage.read_bytes(storage.join(str(uri), BUNDLE_FILE)))
+    except Exception:  # noqa: BLE001 - a best-effort look before the real load
+        return {}
+    train = info.get("train") if isinstance(info, dict) else None
+    return train if isinstance(train, dict) else {}

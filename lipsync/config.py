@@ -186,6 +186,9 @@ class DubConfig:
 # ---------------------------------------------------------------------------------------------
 # train
 
+    # a PNG per dubbed item, <output_root>/_reports/previews/<id>.png (lipsync.render.preview): 4 frames from
+    # one decode of the published output in its stitch task; the item's report entry names it
+    preview: bool = True
 
 @dataclass(frozen=True)
 class LossWeights:

@@ -171,6 +171,15 @@ def prepare(
     )
 
 
+def warn_if_undertrained(character: str) -> None:
+    """One warning line when the bundle's held-out L1 is not clearly below its reference-copy baseline."""
+    from lipsync.bundle import read_train_info, undertrained_warning
+
+    message = undertrained_warning(character, read_train_info(character))
+    if message:
+        console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def render(
     character: str = typer.Option(..., "--character", help="character bundle (path or URI)"),
@@ -183,6 +192,8 @@ def render(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     precision: Optional[str] = PrecisionOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
+    preview: Optional[str] = typer.Option(None, "--preview", help="also write a PNG of 4 frames, each with its "
+                                                                  "painted crop enlarged (path or URI)"),
     config: Optional[Path] = ConfigOption,
     set_: List[str] = SetOption,
 ) -> None:
@@ -190,14 +201,23 @@ def render(
     with reported_errors("render"):
         cfg = load_config(RenderConfig, config, set_, {"batch_size": batch_size, "device": device, "crf": crf,
                                                        "precision": precision})
+        if preview:
+            storage.check_output_path(preview)
+        warn_if_undertrained(character)
         with progress_bar("render") as update:
             result = run_render(character, audio, output, cfg, enhance=enhance and crf is None,
                                 start_frame=start_frame, overwrite=overwrite, progress=lambda d, t: update(d, t))
+        if preview:
+            from lipsync.render.preview import template_boxes, write_video_preview
+
+            write_video_preview(output, preview, template_boxes(character), n_frames=result.frames,
+                                start_frame=start_frame)
     st = result.stats
     fps = st.frames / st.seconds if st.seconds else 0.0
     console.print(f"rendered {output}: {result.frames} frames, {result.duration:.2f} s, {fps:.1f} frames/s"
                   + (f"; {st.no_face} template frames without a face written unchanged" if st.no_face else "")
-                  + (f"; {st.nonfinite} non-finite outputs replaced by the template" if st.nonfinite else ""))
+                  + (f"; {st.nonfinite} non-finite outputs replaced by the template" if st.nonfinite else "")
+                  + (f"; preview {preview}" if preview else ""))
 
 
 @app.command()

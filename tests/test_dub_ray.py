@@ -14,6 +14,7 @@ import math
 import posixpath
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -32,6 +33,7 @@ CLIPS = {  # id -> (source file, seconds): ~2 s each, not whole numbers of frame
     "radio": ("sadtalker_RD_Radio34_002.wav", 2.37),  # 59.25 -> 60 frames: shards 25, 25, 10
     "news": ("sadtalker_chinese_news.wav", 2.11),  # 52.75 -> 53 frames: shards 25, 25, 3
 }
+UNDERTRAINED = {"val_l1": 0.081, "val_l1_reference_copy": 0.079}  # what the untrained character records
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,7 +61,8 @@ def character(tmp_path_factory, media_dir) -> str:
     out = root / "obama_tiny"
     save_bundle(str(out), name="obama3s", preset="tiny", generator=build_generator("tiny"),
                 audio_encoder=AudioEncoder(), syncnet=build_syncnet("tiny"), audio=AudioConfig(),
-                geometry=GeometryConfig(), dataset_dir=str(root / "ds"), train_info={"steps": 0})
+                geometry=GeometryConfig(), dataset_dir=str(root / "ds"),
+                train_info={"steps": 0, **UNDERTRAINED})
     return str(out)
 
 
@@ -105,7 +108,7 @@ def submit(ray_head, catalog: str, output_root: str, env: dict | None = None) ->
 
 def latest_report(output_root: str) -> dict:
     reports = storage.join(output_root, "_reports")
-    names = storage.ls(reports)
+    names = [n for n in storage.ls(reports) if n.endswith(".json")]  # not previews/
     assert names, f"no report under {reports}"
     return storage.read_json(storage.join(reports, names[-1]))
 
@@ -140,7 +143,8 @@ def first_run(ray_head, character, audio_dir, tmp_path_factory):
     catalog = write_catalog(root / "catalog.csv",  # outputs stay under the output root (the default rule)
                             catalog_rows(character, audio, blocked_output=str(out / "blocker" / "b.mp4")))
     rc, log = submit(ray_head, str(catalog), str(out))
-    return {"rc": rc, "log": log, "out": out, "catalog": catalog, "root": root, "report": latest_report(str(out))}
+    return {"rc": rc, "log": log, "out": out, "catalog": catalog, "root": root, "report": latest_report(str(out)),
+            "character": character}
 
 
 def test_first_run_publishes_valid_items_and_reports_failures(first_run):
@@ -179,6 +183,16 @@ def test_first_run_publishes_valid_items_and_reports_failures(first_run):
     assert sorted(p.name for p in work if p.suffix == ".mp4") == ["seg_00000.mp4", "seg_00001.mp4", "seg_00002.mp4"]
     # progress lines and the summary went to the job log
     assert "[dub] items 4/4" in log and "failed items (2)" in log
+    # issue 15: the undertrained character is named once in the summary and on each of its items; each
+    # published item has a preview (4 frames, painted crop beside each) that its report entry names
+    warning = f"{first_run['character']} looks undertrained: held-out L1 0.081 vs 0.079 for copying the reference"
+    assert " ".join(log.split()).count(f"warning: {warning}") == 1, log[-3000:]
+    for item_id in CLIPS:
+        assert items[item_id]["warning"].startswith(warning)
+        preview = out / "_reports" / "previews" / f"{item_id}.png"
+        assert items[item_id]["preview"] == str(preview)
+        assert cv2.imread(str(preview)).shape == (4 * 240, 240 + 240, 3)  # 450x450 frames at 240 px + the crop
+    assert items["broken"]["preview"] is None
 
 
 def test_stitched_output_equals_single_process_render(first_run, character, audio_dir, tmp_path):
@@ -249,4 +263,6 @@ def test_s3_catalog_bundle_audio_and_outputs(ray_head, s3_server, s3_tmp, charac
     files = sorted(posixpath.relpath(f, root) for f in fs.find(root))
     assert [f for f in files if not f.startswith("_reports/")] == \
         ["_manifest/news.json", "_manifest/radio.json", "news.mp4", "radio.mp4"], files  # issue 10: per-item records
-    assert len([f for f in files if f.startswith("_reports/")]) == 1
+    assert len([f for f in files if f.startswith("_reports/") and f.endswith(".json")]) == 1
+    assert sorted(f for f in files if f.startswith("_reports/previews/")) == \
+        ["_reports/previews/news.png", "_reports/previews/radio.png"]

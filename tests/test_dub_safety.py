@@ -644,7 +644,7 @@ def test_s3_secret_never_reaches_ray_logs_reports_or_outputs(character, audio_di
         head.stop()
         fs, prefix = storage.filesystem(out)
         objects = fs.find(prefix)
-        assert len([o for o in objects if "/_reports/" in o]) == 1 and any(o.endswith("/radio.mp4") for o in objects)
+        assert len([o for o in objects if "/_reports/" in o and o.endswith(".json")]) == 1 and any(o.endswith("/radio.mp4") for o in objects)
         in_storage = [o for o in objects if secret in fs.cat_file(o)]
         read, in_logs = grep_tree(head.temp_dir, secret)
         _, canary_hits = grep_tree(head.temp_dir, canary.encode())

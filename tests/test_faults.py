@@ -211,7 +211,8 @@ def wait_for_job_processes_to_end(ray_head, timeout_s: float = 60.0) -> None:
 
 def reports(output_root: str) -> list[dict]:
     prefix = storage.join(output_root, "_reports")
-    return [storage.read_json(storage.join(prefix, n)) for n in storage.ls(prefix)] if storage.exists(prefix) else []
+    return [storage.read_json(storage.join(prefix, n)) for n in storage.ls(prefix) if n.endswith(".json")] \
+        if storage.exists(prefix) else []
 
 
 def read_manifest(output_root: str) -> dict[str, dict]:
@@ -241,7 +242,7 @@ def assert_only_outputs_and_bookkeeping(output_root: str, n_reports: int) -> Non
     names = object_names(output_root)
     assert [n for n in names if ".tmp-" in n or n.startswith(".")] == [], names
     assert [n for n in names if n.startswith("_work/")] == [], names
-    report_names = [n for n in names if n.startswith("_reports/")]
+    report_names = [n for n in names if n.startswith("_reports/") and not n.startswith("_reports/previews/")]
     assert len(report_names) == n_reports and all(n.endswith(".json") for n in report_names), names
     records = sorted(n for n in names if n == "_manifest.json" or n.startswith("_manifest/"))
     assert records in (["_manifest.json"], sorted(f"_manifest/{i}.json" for i in IDS)), names  # either layout

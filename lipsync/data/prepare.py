@@ -124,11 +124,27 @@ def write_dataset_arrays(out: Path, lms: np.ndarray, boxes: np.ndarray) -> None:
     np.save(out / layout.BOXES_FILE, boxes.astype(np.int32))
 
 
-def write_preview(out_dir: Path, boxes: np.ndarray, preview_uri: str, count: int = 16) -> None:
-    """A contact sheet of crops of evenly spaced frames (to check mouth and chin are inside)."""
-    idx = np.linspace(0, len(boxes) - 1, num=min(count, len(boxes))).round().astype(int)
+def preview_frames(n_frames: int, faceless: list[int], count: int = 16) -> list[int]:
+    """`count` frames for the contact sheet: evenly spaced, with up to a quarter of them swapped for
+    faceless (interpolated) frames, so those are always looked at when there are any."""
+    even = [int(i) for i in np.linspace(0, n_frames - 1, num=min(count, n_frames)).round()]
+    shown = [faceless[int(j)] for j in np.linspace(0, len(faceless) - 1, num=min(len(faceless), max(1, count // 4))
+                                                   ).round()] if faceless else []
+    rest = [i for i in even if i not in shown]
+    keep = np.linspace(0, len(rest) - 1, num=max(0, min(len(rest), count - len(shown)))).round().astype(int)
+    return sorted(set(shown) | {rest[int(j)] for j in keep})
+
+
+def write_preview(out_dir: Path, boxes: np.ndarray, preview_uri: str, count: int = 16,
+                  faceless: list[int] | None = None, mask_box: tuple[float, ...] | None = None) -> None:
+    """A contact sheet of crops of evenly spaced frames (to check mouth and chin are inside), the
+    interpolated (faceless) frames among them marked and the mask region outlined."""
+    faceless = sorted(faceless or [])
+    idx = preview_frames(len(boxes), faceless, count)
     crops = [geometry.crop(media.read_image(layout.frame_path(out_dir, i)), boxes[i], 160) for i in idx]
-    sheet = contact_sheet(crops, cols=4, cell=160, labels=[int(i) for i in idx])
+    missing = set(faceless)
+    sheet = contact_sheet(crops, cols=4, cell=160, labels=idx, interpolated=[i in missing for i in idx],
+                          mask_box=mask_box)
     with storage.atomic_file(preview_uri) as tmp:
         write_png(tmp, sheet)
 
@@ -159,6 +175,6 @@ def prepare(video_uri: str, name: str, out_uri: str, cfg: PrepareConfig = Prepar
             meta = build_meta(name, video, info, len(found), wav, missing, cfg)
             storage.write_json(str(tmp / layout.META_FILE), meta)
             if preview_uri:
-                write_preview(tmp, boxes, preview_uri)
+                write_preview(tmp, boxes, preview_uri, faceless=missing, mask_box=cfg.geometry.mask_box)
     return PrepareResult(out=out_uri, n_frames=len(found), duration=wav.size / cfg.audio.sample_rate,
                          frames_without_face=missing, seconds=time.perf_counter() - started)

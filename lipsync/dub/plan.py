@@ -171,6 +171,7 @@ class ItemPlan:
     existing: str = "absent"  # what was at the output when planned: absent | own | changed | foreign
     overwrite: bool = False  # the row or the run allows replacing a file that is not this job's
     record: dict[str, Any] | None = None  # skipped: a manifest entry to (re)write (from output.json)
+    warning: str | None = None  # the character looks undertrained (lipsync.bundle.undertrained_warning)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +244,7 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
     validate the audio, (5) reset a stale work prefix, (6) compute and store the features,
     (7) cut shards.
     """
+    from lipsync.bundle import undertrained_warning
     from lipsync.render import audio_features, load_audio
 
     started = time.perf_counter()
@@ -266,18 +268,20 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
         # 2. character
         character = characters.get(item.character)
         key = input_key(item, audio_sha, character.version, cfg.render)
+        warning = undertrained_warning(item.character, getattr(character, "train", {}))
         # 3. skip a finished item (its own output, verified above, made from the same inputs)
         if existing == "own" and entry is not None and entry.get("key") == key:
             if not adopted and not dry_run and storage.exists(work):
                 remove_prefix(work)  # left by a run that died after its manifest write
             return ItemPlan(item, "skipped", key, n_frames=int(entry.get("frames", 0)), work=work,
                             seconds=time.perf_counter() - started, existing=existing,
-                            record=dict(entry) if adopted else None)
+                            record=dict(entry) if adopted else None, warning=warning)
         if dry_run:
             n_frames, duration = probe_frames(item.audio, audio_path, cfg, character.audio)
             return ItemPlan(item, "render", key, n_frames=n_frames, duration=duration, work=work,
                             shards=plan_shards(item.id, n_frames, cfg.shard_frames),
-                            seconds=time.perf_counter() - started, existing=existing, overwrite=overwrite)
+                            seconds=time.perf_counter() - started, existing=existing, overwrite=overwrite,
+                            warning=warning)
         # 4. decode + validate (empty, corrupt, too long -> InputError), named by the catalog's URI
         try:
             wav = load_audio(audio_path, cfg.render, character.audio.sample_rate)
@@ -294,7 +298,8 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
     # 7. shards
     shards = plan_shards(item.id, len(feats), cfg.shard_frames)
     return ItemPlan(item, "render", key, n_frames=len(feats), duration=duration, work=work, feats=feats_uri,
-                    shards=shards, seconds=time.perf_counter() - started, existing=existing, overwrite=overwrite)
+                    shards=shards, seconds=time.perf_counter() - started, existing=existing, overwrite=overwrite,
+                    warning=warning)
 
 
 def probe_frames(uri: str, audio_path, cfg: DubConfig, audio_cfg) -> tuple[int, float]:
@@ -339,7 +344,7 @@ def plan_to_json(plan: ItemPlan) -> str:
     return json.dumps({"item": dataclasses.asdict(plan.item), "status": plan.status, "key": plan.key,
                        "n_frames": plan.n_frames, "duration": plan.duration, "work": plan.work, "feats": plan.feats,
                        "seconds": plan.seconds, "existing": plan.existing, "overwrite": plan.overwrite,
-                       "record": plan.record, "n_shards": len(plan.shards)}, sort_keys=True)
+                       "record": plan.record, "n_shards": len(plan.shards), "warning": plan.warning}, sort_keys=True)
 
 
 def plan_from_json(text: str, shard_frames: int) -> ItemPlan:
@@ -350,7 +355,7 @@ def plan_from_json(text: str, shard_frames: int) -> ItemPlan:
         raise ValueError(f"plan of {item.id}: {d['n_shards']} shards planned, {len(shards)} at {shard_frames} frames")
     return ItemPlan(item, d["status"], d["key"], n_frames=d["n_frames"], duration=d["duration"], work=d["work"],
                     feats=d["feats"], shards=shards, seconds=d["seconds"], existing=d["existing"],
-                    overwrite=d["overwrite"], record=d["record"])
+                    overwrite=d["overwrite"], record=d["record"], warning=d.get("warning"))
 
 
 def stale_work(output_root: str, run: str) -> list[str]:

@@ -8,6 +8,8 @@
     <output_root>/_reports/<timestamp>.json  one per run: settings, timings, every item's status
                                              (and <timestamp>-progress.json while it runs,
                                              lipsync.dub.progress)
+    <output_root>/_reports/previews/<id>.png a few frames of each dubbed item with the painted crop
+                                             enlarged (lipsync.render.preview; DubConfig.preview)
 
 `write_manifest` remains for tools and tests that build a legacy manifest.
 """
@@ -28,6 +30,7 @@ from lipsync.io import storage
 
 MANIFEST_FILE = "_manifest.json"
 REPORTS_DIR = "_reports"
+PREVIEWS_DIR = "previews"  # under REPORTS_DIR
 MANIFEST_FORMAT = 1
 STATUSES = ("ok", "failed", "skipped")
 SUMMARY_MAX_FAILURES = 10  # failed items listed in the summary (all are in the JSON report)
@@ -46,6 +49,8 @@ class ItemResult:
     row: int = 0
     segments_rendered: int = 0
     segments_reused: int = 0
+    warning: str | None = None  # e.g. the character looks undertrained (lipsync.bundle.undertrained_warning)
+    preview: str | None = None  # URI of the item's preview PNG (preview_uri; DubConfig.preview)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -170,6 +175,11 @@ def report_uri(output_root: str, started_at: datetime) -> str:
     return storage.join(output_root, REPORTS_DIR, started_at.strftime("%Y%m%dT%H%M%S.%fZ") + ".json")
 
 
+def preview_uri(output_root: str, item_id: str) -> str:
+    """<output_root>/_reports/previews/<id>.png: the newest preview of an item (ids are safe names)."""
+    return storage.join(output_root, REPORTS_DIR, PREVIEWS_DIR, f"{item_id}.png")
+
+
 def write_report(uri: str, report: dict[str, Any]) -> str:
     storage.write_json(uri, report)
     return uri
@@ -192,6 +202,8 @@ def summary(report: dict[str, Any], uri: str | None = None) -> Group:
     if uri:
         totals.add_row("report", uri)
     parts: list[Any] = [totals]
+    for warning in sorted({r["warning"] for r in report["items"] if r.get("warning")}):
+        parts.append(Text(f"warning: {warning}", style="yellow"))
     failed = [r for r in report["items"] if r["status"] == "failed"]
     if failed:
         table = Table(title=f"failed items ({len(failed)})", title_justify="left")
