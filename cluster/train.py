@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow.fs
 import ray
@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from lipsync import config as config_io
 from lipsync.config import PrepareConfig, TrainConfig
+from lipsync.data import layout
 from lipsync.data.prepare import prepare
 from lipsync.errors import InputError, OutputExistsError
 from lipsync.io import storage
@@ -48,6 +49,7 @@ from lipsync.models import model_preset
 from lipsync.train import checkpoint as ckpt
 from lipsync.train import export_bundle, local_dataset
 from lipsync.train.context import RunContext
+from lipsync.train.preflight import TrainPlan, check_training
 from lipsync.train.trainer import Trainer, run_summary
 
 FAILURE_MARKER = "_injected_failure"  # see RayTrainContext.on_step
@@ -163,11 +165,13 @@ def worker_env() -> dict[str, str]:
 def train_on_ray(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, storage_path: str, name: str,
                  num_workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1.0,
                  max_failures: int = 2, overwrite: bool = False, fail_at_step: int | None = None,
-                 ) -> RayTrainResult:
+                 on_plan: Callable[[TrainPlan], None] | None = None) -> RayTrainResult:
     """Train a character with `num_workers` data-parallel Ray Train workers; write its bundle.
 
     Checkpoints go to `<storage_path>/<name>`; starting a run whose name already has checkpoints
-    there resumes it. Input problems raise InputError before any worker starts.
+    there resumes it. Input problems raise InputError before any worker starts (a split too short
+    for the batches or SyncNet's negatives included: lipsync.train.preflight); `on_plan` then gets
+    the run's plan.
     """
     started = time.perf_counter()
     # 1. inputs and output
@@ -177,6 +181,9 @@ def train_on_ray(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, storage_pa
     dataset_dir = local_dataset(dataset_uri)  # the driver needs the templates for the bundle
     if num_workers < 1:
         raise InputError(None, f"num_workers must be >= 1, got {num_workers}")
+    plan = check_training(cfg, layout.read_meta(dataset_dir), dataset_uri, num_workers)  # before any worker
+    if on_plan is not None:
+        on_plan(plan)
     # 2. train
     loop_config = {"train": config_io.to_dict(cfg), "dataset": str(dataset_uri), "fail_at_step": fail_at_step,
                    "failure_marker": storage.join(storage_path, name, FAILURE_MARKER)}

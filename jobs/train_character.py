@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         result = train_on_ray(dataset, args.out, cfg, storage_path=args.storage_path, name=run_name,
                               num_workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
                               max_failures=args.max_failures, overwrite=args.overwrite,
-                              fail_at_step=args.fail_at_step)
+                              fail_at_step=args.fail_at_step,
+                              on_plan=lambda plan: print(f"[train] {plan.line()}", flush=True))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR

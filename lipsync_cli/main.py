@@ -45,6 +45,8 @@ LOG_DIR_ENV = "LIPSYNC_LOG_DIR"  # where tracebacks of unexpected errors go (def
 ConfigOption = typer.Option(None, "--config", help="your YAML config file (default: the command's own lipsync/configs/*.yaml)")
 SetOption = typer.Option([], "--set", help="config override key=value (repeatable, dotted keys for sections)")
 PrecisionOption = typer.Option(None, "--precision", help="auto | fp32 | bf16 (auto: bf16 where the device has it natively)")
+SilenceOption = typer.Option(None, "--silence", help="rest | keep: where the audio has no voice, the character's own "
+                                                     "closed mouth (rest, default) or the generator's (keep)")
 
 
 OUR_LOGGERS = ("lipsync", "lipsync_cli", "cluster")
@@ -191,6 +193,7 @@ def render(
     crf: Optional[int] = typer.Option(None, "--crf", help="explicit x264 CRF (0 = lossless, for tests)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     precision: Optional[str] = PrecisionOption,
+    silence: Optional[str] = SilenceOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
     preview: Optional[str] = typer.Option(None, "--preview", help="also write a PNG of 4 frames, each with its "
                                                                   "painted crop enlarged (path or URI)"),
@@ -200,7 +203,7 @@ def render(
     """Dub one audio file into a video of a trained character."""
     with reported_errors("render"):
         cfg = load_config(RenderConfig, config, set_, {"batch_size": batch_size, "device": device, "crf": crf,
-                                                       "precision": precision})
+                                                       "precision": precision, "silence": silence})
         if preview:
             storage.check_output_path(preview)
         warn_if_undertrained(character)
@@ -229,6 +232,7 @@ def dub(
     actors: Optional[str] = typer.Option(None, "--actors", help="render actors: N, or MIN:MAX to autoscale"),
     crf: Optional[int] = typer.Option(None, "--crf", help="x264 CRF for rows without one (0 = lossless)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    silence: Optional[str] = SilenceOption,
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="replace files at row outputs that this job did not write"),
     dry_run: bool = typer.Option(False, "--dry-run",
@@ -240,7 +244,7 @@ def dub(
     """Dub every row of a catalog on Ray. Exit 3 when the run finished but some items failed."""
     with reported_errors("dub"):
         cfg = load_config(DubConfig, config, set_, dub_flags(shard_frames=shard_frames, actors=actors, crf=crf,
-                                                             device=device))
+                                                             device=device, silence=silence))
         if dry_run:
             from lipsync.dub.dryrun import dry_run as plan_only
 
@@ -268,8 +272,10 @@ def train(
     dataset: str = typer.Option(..., "--dataset", help="prepared dataset directory (path or URI)"),
     out: str = typer.Option(..., "--out", help="character bundle to create (path or URI)"),
     preset: str = typer.Option(..., "--preset", help="model size: tiny | st2d-160 | st2d-328"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="generator steps (stage 2)"),
-    syncnet_steps: Optional[int] = typer.Option(None, "--syncnet-steps", help="SyncNet steps (stage 1)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="generator steps (stage 2), run after "
+                                                                 "--syncnet-steps: the plan line shows the sum"),
+    syncnet_steps: Optional[int] = typer.Option(None, "--syncnet-steps",
+                                                help="SyncNet steps (stage 1; default: train.yaml's syncnet_steps)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     audio_encoder: Optional[str] = typer.Option(
         None, "--audio-encoder", help="pretrained AudioEncoder (SyncTalk_2D audio_visual_encoder.pth layout)"),
@@ -292,7 +298,8 @@ def train(
             "audio_features": {"backend": audio_features, "weights": audio_weights}})
         with progress_bar(f"train {preset}") as update:
             result = train_character(dataset, out, cfg, run_dir=run_dir, resume=resume, overwrite=overwrite,
-                                     progress=lambda d, t, extra: update(d, t, extra=extra))
+                                     progress=lambda d, t, extra: update(d, t, extra=extra),
+                                     on_plan=lambda plan: console.print(plan.line(), highlight=False, soft_wrap=True))
     s = result.summary
     acc = s.get("syncnet_val_acc")
     l1 = s.get("val_l1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -176,3 +177,36 @@ def test_info_of_anything_else_is_one_line_exit_2(tmp_path, make):
     result = run_cli("info", str(target), cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == "", result.stderr
     assert one_error_line(result).startswith(f"error: {target}: ")
+
+
+# --- train: checked before step 1, and the plan ---------------------------------------------------
+
+
+@pytest.mark.media
+def test_train_on_a_too_short_dataset_fails_before_step_1(dataset, tmp_path):
+    """25 frames: the held-out split (3 frames) cannot give SyncNet negatives 5+ frames away. This
+    used to fail after the whole SyncNet stage, with exit 1 and no fix."""
+    started = time.monotonic()
+    result = run_cli("train", "--dataset", str(dataset), "--out", str(tmp_path / "b"), "--preset", "tiny",
+                     "--steps", "300", "--device", "cpu", cwd=tmp_path)
+    seconds = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert line.startswith(f"error: {dataset}: the held-out split of 3 frames (val_fraction=0.1) is too short for "
+                           "SyncNet negatives 5+ frames away: use at least 3.6 s of video (91 frames at 25 fps)")
+    assert "--set val_fraction=0 (no held-out metrics)" in line
+    assert "plan:" not in result.stderr and "steps/s" not in result.stderr and "train tiny" not in result.stderr
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.run").exists()  # nothing written
+    assert seconds < 60, seconds  # the import of torch on a busy machine, no training
+
+
+@pytest.mark.media
+def test_train_prints_its_plan_first(dataset, tmp_path):
+    result = run_cli("train", "--dataset", str(dataset), "--out", str(tmp_path / "b"), "--preset", "tiny",
+                     "--syncnet-steps", "2", "--steps", "1", "--device", "cpu", "--set", "val_fraction=0",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    first = result.stderr.splitlines()[0]
+    assert first == "plan: syncnet 2 + generator 1 = 3 steps (--syncnet-steps, --steps); 25 training frames, " \
+                    "0 held out", result.stderr
+    assert "2 SyncNet + 1 generator steps" in " ".join(result.stderr.split())

@@ -61,6 +61,14 @@ class Split:
         return np.arange(self.n_train, self.n_frames)
 
 
+def val_frames(split: Split, max_frames: int) -> np.ndarray:
+    """The held-out frames validation uses: at most `max_frames` of them, evenly spaced."""
+    val = split.val
+    if val.size <= max_frames:
+        return val
+    return val[np.linspace(0, val.size - 1, max_frames).round().astype(int)]
+
+
 def split_frames(n_frames: int, val_fraction: float) -> Split:
     """Hold out the last `val_fraction` of the frames (at least one frame when the fraction > 0)."""
     if not 0.0 <= val_fraction < 1.0:

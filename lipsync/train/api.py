@@ -8,7 +8,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lipsync import config as config_io
 from lipsync.audio import frontend
@@ -26,7 +26,9 @@ from lipsync.models import (
     SyncNetConfig,
     model_preset,
 )
+from lipsync.runtime import resolve_device
 from lipsync.train.context import LocalContext
+from lipsync.train.preflight import TrainPlan, check_training
 from lipsync.train.trainer import ProgressFn, StopFn, Trainer
 
 
@@ -83,21 +85,28 @@ def export_bundle(state: dict[str, Any], out_uri: str, dataset_dir: str | Path, 
 
 def train_character(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, run_dir: str | Path | None = None,
                     resume: bool = False, overwrite: bool = False, name: str | None = None,
-                    progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> TrainResult:
+                    progress: ProgressFn | None = None, should_stop: StopFn | None = None,
+                    on_plan: Callable[[TrainPlan], None] | None = None) -> TrainResult:
     """Train a character from a prepared dataset and publish its bundle at `out_uri`.
 
     Checkpoints go to `run_dir` (default: see default_run_dir); `resume` continues from its
-    newest checkpoint. Input problems (missing/incompatible dataset, existing output without
-    `overwrite`, unknown preset, missing weight files) raise InputError before training starts.
+    newest checkpoint. Input problems (missing/incompatible dataset, a split too short for the
+    batches or SyncNet's negatives, existing output without `overwrite`, unknown preset or device,
+    missing weight files) raise InputError before training starts. `on_plan` gets the run's plan
+    (stages and steps) once those checks pass.
     """
     started = time.perf_counter()
     # 1. inputs and output, cheapest checks first; nothing is written before they pass
     model_preset(cfg.preset)
+    resolve_device(cfg.device)
     if storage.exists(out_uri) and not overwrite:
         raise OutputExistsError(out_uri)
     dataset_dir = local_dataset(dataset_uri)
+    plan = check_training(cfg, layout.read_meta(dataset_dir), dataset_uri)
     context = LocalContext(run_dir or default_run_dir(out_uri), resume=resume, keep=cfg.keep_checkpoints)
     context.check(overwrite=overwrite)
+    if on_plan is not None:
+        on_plan(plan)
     # 2. train
     trainer = Trainer(cfg, dataset_dir, context, progress=progress, should_stop=should_stop)
     trainer.setup()

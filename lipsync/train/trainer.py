@@ -43,6 +43,7 @@ from lipsync.data.dataset import (
     GeneratorSamples,
     SyncPairs,
     load_frames,
+    val_frames,
 )
 from lipsync.data import layout
 from lipsync.errors import InputError
@@ -69,6 +70,7 @@ from lipsync.train.losses import (
     syncnet_loss,
 )
 from lipsync.train.metrics import MetricsLog
+from lipsync.train.preflight import check_training
 
 ProgressFn = Callable[[int, int, str], None]  # (global step, total steps, "loss ... steps/s")
 StopFn = Callable[[], bool]
@@ -104,8 +106,10 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
-        # 1. options that cannot work are rejected before any data is read
+        # 1. options that cannot work are rejected before any data is read (the split, SyncNet's
+        # negatives and the batch sizes from meta.json alone: lipsync.train.preflight)
         preset = model_preset(cfg.preset)
+        self.plan = check_training(cfg, layout.read_meta(self.dataset_dir), str(self.dataset_dir), self.ctx.world_size)
         self.device = self.ctx.device(cfg.device)
         pretrained_encoder = self._load_pretrained_encoder()
         self.audio_frontend = self._load_audio_frontend()
@@ -114,7 +118,6 @@ class Trainer:
         self.frames: CharacterFrames = load_frames(self.dataset_dir, preset.size, preset.crop_margin,
                                                    cfg.val_fraction)
         self.frames.audio = frontend.audio_config_for(self.frames.audio, self.audio_backend)
-        self._check_batch_sizes()
         # 3. models: the architecture of a resumed run comes from its checkpoint
         with self.ctx.latest_checkpoint() as found:
             state = self._read_resume_state(found) if found is not None else None
@@ -159,16 +162,7 @@ class Trainer:
         with local_file(self.cfg.vgg_weights, "VGG19 weights") as path:
             return PerceptualLoss(load_vgg19(path))
 
-    def _check_batch_sizes(self) -> None:
-        n_train = self.frames.split.n_train
-        per_rank = n_train // self.ctx.world_size
-        if self.cfg.generator_steps and per_rank < self.cfg.batch_size:
-            raise InputError(self.dataset_dir, f"{n_train} training frames over {self.ctx.world_size} worker(s) "
-                                               f"cannot fill a batch of {self.cfg.batch_size}")
-        if self.cfg.syncnet_steps and 2 * per_rank < self.cfg.syncnet_batch_size:
-            raise InputError(self.dataset_dir, f"{n_train} training frames cannot fill a SyncNet batch of "
-                                               f"{self.cfg.syncnet_batch_size}")
-
+        self.frames.audio = frontend.audio_config_for(self.frames.audio, self.audio_backend)
     def _read_resume_state(self, directory: Path) -> dict[str, Any]:
         state, metrics = ckpt.read_checkpoint(directory)
         if state.get("preset") != self.cfg.preset:
@@ -292,11 +286,7 @@ class Trainer:
 
     def _val_frames(self) -> np.ndarray:
         """At most val_max_frames held-out frames, evenly spaced."""
-        val = self.frames.split.val
-        if val.size <= self.cfg.val_max_frames:
-            return val
-        pick = np.linspace(0, val.size - 1, self.cfg.val_max_frames).round().astype(int)
-        return val[pick]
+        return val_frames(self.frames.split, self.cfg.val_max_frames)
 
     def freeze_syncnet_and_encode_audio(self) -> None:
         """Freeze SyncNet; compute the per-frame features with its audio tower (or the pretrained encoder)."""

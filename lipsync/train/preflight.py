@@ -1,0 +1,154 @@
+"""Checks before step 1: what would make a training run fail later, found from the dataset's
+meta.json and the config alone (no frame is decoded, no model built), each with its fix.
+
+    plan = check_training(cfg, meta, dataset_uri, world_size)   # InputError naming the dataset
+    print(plan.line())   # "plan: syncnet 2000 + generator 300 = 2300 steps; 405 training frames ..."
+
+A split too short for SyncNet's negatives used to fail only after the whole SyncNet stage (its
+validation ran at the stage's last step); the batch checks ran after every crop was decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lipsync.config import TrainConfig
+from lipsync.data.dataset import MIN_TRAIN_FRAMES, Split, split_frames, val_frames
+from lipsync.errors import InputError
+
+MAX_EXTRA_FRAMES = 200_000  # how far the "use at least N s of video" search looks (2.2 h at 25 fps)
+FRACTION_STEP = 0.01  # val_fraction suggestions are multiples of this
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a run will do: its stages and steps, and the frames each split holds."""
+
+    dataset: str
+    n_frames: int
+    fps: float
+    n_train: int
+    n_val: int
+    syncnet_steps: int
+    generator_steps: int
+    world_size: int = 1
+
+    @property
+    def total_steps(self) -> int:
+        return self.syncnet_steps + self.generator_steps
+
+    def line(self) -> str:
+        return (f"plan: syncnet {self.syncnet_steps} + generator {self.generator_steps} = {self.total_steps} steps "
+                f"(--syncnet-steps, --steps); {self.n_train} training frames, {self.n_val} held out"
+                + (f", {self.world_size} workers" if self.world_size > 1 else ""))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the run cannot work with this many frames (`kind` picks the config changes that fix it)."""
+
+    kind: str  # split | batch | syncnet_batch | train_negatives | val_negatives
+    text: str
+    value: int = 0  # batch: the largest batch that fits; train_negatives: the largest min_shift
+
+
+def check_training(cfg: TrainConfig, meta: dict[str, Any], dataset: str, world_size: int = 1) -> TrainPlan:
+    """The run's plan, or InputError(dataset, "<problem>: use at least N s of video ..., or --set ...")."""
+    n = int(meta["n_frames"])
+    fps = float(meta.get("fps") or cfg_fps(meta))
+    problem = find_problem(n, cfg, world_size)
+    if problem is not None:
+        options = _more_video(n, fps, cfg, world_size) + _config_fixes(n, cfg, world_size, problem)
+        fix = ", or ".join(options) if options else "no setting of this config can train on it"
+        raise InputError(dataset, f"{problem.text}: {fix}")
+    split = split_frames(n, cfg.val_fraction)
+    return TrainPlan(dataset=str(dataset), n_frames=n, fps=fps, n_train=split.n_train, n_val=split.val.size,
+                     syncnet_steps=cfg.syncnet_steps, generator_steps=cfg.generator_steps, world_size=world_size)
+
+
+def cfg_fps(meta: dict[str, Any]) -> float:
+    """The frame rate a dataset was prepared at (meta.json `fps`, else its recorded prepare config)."""
+    return float(((meta.get("config") or {}).get("fps")) or 25)
+
+
+def find_problem(n: int, cfg: TrainConfig, world_size: int = 1) -> Problem | None:
+    """The first reason `n` frames cannot train with `cfg` on `world_size` workers, or None."""
+    try:
+        split = split_frames(n, cfg.val_fraction)
+    except ValueError:
+        return Problem("split", f"{n} frames leave fewer than {MIN_TRAIN_FRAMES} training frames with "
+                                f"val_fraction={cfg.val_fraction}")
+    return _batch_problem(split, cfg, world_size) or _negatives_problem(split, cfg)
+
+
+def _batch_problem(split: Split, cfg: TrainConfig, world_size: int) -> Problem | None:
+    per_rank = split.n_train // world_size
+    if cfg.generator_steps and per_rank < cfg.batch_size:
+        return Problem("batch", f"{split.n_train} training frames over {world_size} worker(s) cannot fill a "
+                                f"generator batch of {cfg.batch_size}", per_rank)
+    if cfg.syncnet_steps and 2 * per_rank < cfg.syncnet_batch_size:
+        return Problem("syncnet_batch", f"{split.n_train} training frames over {world_size} worker(s) cannot fill "
+                                        f"a SyncNet batch of {cfg.syncnet_batch_size}", 2 * per_rank)
+    return None
+
+
+def _negatives_problem(split: Split, cfg: TrainConfig) -> Problem | None:
+    """SyncNet draws each negative's audio from a frame of the same split >= min_shift away."""
+    if not cfg.syncnet_steps:
+        return None
+    shift = cfg.negatives.min_shift
+    if not has_negatives(split.train, shift):
+        return Problem("train_negatives", f"the training split of {split.n_train} frames is too short for SyncNet "
+                                          f"negatives {shift}+ frames away (negatives.min_shift)", split.n_train // 2)
+    held_out = val_frames(split, cfg.val_max_frames)
+    if held_out.size and not has_negatives(held_out, shift):
+        return Problem("val_negatives", f"the held-out split of {split.val.size} frames (val_fraction="
+                                        f"{cfg.val_fraction}) is too short for SyncNet negatives {shift}+ frames away")
+    return None
+
+
+def has_negatives(frames: np.ndarray, min_shift: int) -> bool:
+    """Every frame of `frames` (sorted) has another one at least `min_shift` frames away
+    (lipsync.data.dataset.negative_frame's condition)."""
+    if frames.size == 0:
+        return False
+    first, last = int(frames[0]), int(frames[-1])
+    return bool(np.all(np.maximum(frames - first, last - frames) >= min_shift))
+
+
+def _more_video(n: int, fps: float, cfg: TrainConfig, world_size: int) -> list[str]:
+    needed = next((m for m in range(n + 1, n + MAX_EXTRA_FRAMES) if find_problem(m, cfg, world_size) is None), None)
+    return [f"use at least {needed / fps:.1f} s of video ({needed} frames at {fps:g} fps)"] if needed else []
+
+
+def _config_fixes(n: int, cfg: TrainConfig, world_size: int, problem: Problem) -> list[str]:
+    """The `--set` changes that would let `n` frames train (each one checked to fix every problem)."""
+    replace = dataclasses.replace
+    candidates: list[tuple[str, TrainConfig]] = []
+    if problem.kind == "batch" and problem.value:
+        candidates.append((f"--set batch_size={problem.value}", replace(cfg, batch_size=problem.value)))
+    elif problem.kind == "syncnet_batch" and problem.value:
+        candidates.append((f"--set syncnet_batch_size={problem.value}",
+                           replace(cfg, syncnet_batch_size=problem.value)))
+    elif problem.kind == "train_negatives" and problem.value:
+        m = problem.value  # a contiguous split of 2m frames has a partner m away for every frame
+        high = max(m, cfg.negatives.max_shift)
+        candidates.append((f"--set negatives.min_shift={m} --set negatives.max_shift={high}",
+                           replace(cfg, negatives=replace(cfg.negatives, min_shift=m, max_shift=high))))
+    if problem.kind in ("split", "val_negatives"):
+        candidates += [(f"--set val_fraction={f:g}", replace(cfg, val_fraction=f))
+                       for f in _working_fractions(n, cfg, world_size)[:1]]
+    if problem.kind == "val_negatives":
+        candidates.append(("--set val_fraction=0 (no held-out metrics)", replace(cfg, val_fraction=0.0)))
+    return [text for text, fixed in candidates if find_problem(n, fixed, world_size) is None]
+
+
+def _working_fractions(n: int, cfg: TrainConfig, world_size: int) -> list[float]:
+    """The val_fractions (multiples of FRACTION_STEP) with which `n` frames would train, smallest first."""
+    steps = int(round(1 / FRACTION_STEP))
+    candidates = (k / steps for k in range(1, steps))
+    return [f for f in candidates if find_problem(n, dataclasses.replace(cfg, val_fraction=f), world_size) is None]

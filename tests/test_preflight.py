@@ -1,0 +1,77 @@
+"""lipsync.train.preflight: what makes a run fail later is found from the frame count alone, with a
+fix that works (issue 15, item 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from lipsync.config import NegativeSampling, TrainConfig
+from lipsync.errors import InputError
+from lipsync.train.preflight import check_training, find_problem, has_negatives
+
+CFG = TrainConfig(generator_steps=300)  # train.yaml's other numbers: val 0.1, batch 8, SyncNet 32, shift 5
+
+
+def meta(n: int) -> dict:
+    return {"n_frames": n, "fps": 25}
+
+
+def test_the_plan_names_both_stages_and_their_sum():
+    plan = check_training(CFG, meta(500), "ds")
+    assert plan.total_steps == 2300 and (plan.n_train, plan.n_val) == (450, 50)
+    assert plan.line().startswith("plan: syncnet 2000 + generator 300 = 2300 steps")
+
+
+@pytest.mark.parametrize("n, words", [
+    (1, "leave fewer than 2 training frames"),
+    (8, "cannot fill a generator batch of 8"),
+    (25, "held-out split of 3 frames"),
+    (80, "held-out split of 8 frames"),  # the case of the issue: "split of 8 frames is too short"
+])
+def test_too_few_frames_name_the_dataset_and_the_smallest_video_that_works(n, words):
+    with pytest.raises(InputError) as error:
+        check_training(CFG, meta(n), "s3://b/ds")
+    text = str(error.value)
+    assert text.startswith("s3://b/ds: ") and words in text
+    assert "use at least 3.6 s of video (91 frames at 25 fps)" in text
+    assert find_problem(91, CFG) is None and find_problem(90, CFG) is not None  # 91 is the smallest
+
+
+def test_every_suggested_set_fixes_the_run():
+    for n in (25, 60, 80):
+        with pytest.raises(InputError) as error:
+            check_training(CFG, meta(n), "ds")
+        fixes = [part.split(" (")[0] for part in str(error.value).split(", or ")[1:]]
+        assert fixes, str(error.value)
+        for fix in fixes:
+            cfg = CFG
+            for item in fix.removeprefix("--set ").split(" --set "):
+                key, value = item.split("=")
+                cfg = dataclasses.replace(cfg, **{key: float(value)})
+            assert find_problem(n, cfg) is None, (n, fix)
+
+
+def test_training_split_too_short_for_the_negatives():
+    cfg = dataclasses.replace(CFG, val_fraction=0.0, negatives=NegativeSampling(min_shift=40, max_shift=40))
+    with pytest.raises(InputError, match="training split of 50 frames .* --set negatives.min_shift=25 "
+                                         "--set negatives.max_shift=40"):
+        check_training(cfg, meta(50), "ds")
+
+
+def test_workers_share_the_training_frames():
+    check_training(CFG, meta(500), "ds", world_size=4)
+    with pytest.raises(InputError, match="over 64 worker"):
+        check_training(CFG, meta(500), "ds", world_size=64)
+
+
+def test_no_syncnet_stage_needs_no_negatives():
+    check_training(dataclasses.replace(CFG, syncnet_steps=0), meta(25), "ds")
+
+
+def test_has_negatives_is_negative_frames_condition():
+    assert has_negatives(np.arange(10), 5) and not has_negatives(np.arange(9), 5)
+    assert has_negatives(np.array([0, 3, 6, 9]), 5)  # evenly spaced held-out frames
+    assert not has_negatives(np.arange(0), 1)
