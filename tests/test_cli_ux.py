@@ -210,3 +210,4 @@ def test_train_prints_its_plan_first(dataset, tmp_path):
     assert first == "plan: syncnet 2 + generator 1 = 3 steps (--syncnet-steps, --steps); 25 training frames, " \
                     "0 held out", result.stderr
     assert "2 SyncNet + 1 generator steps" in " ".join(result.stderr.split())
+    assert "generator 1/1" in result.stderr  # the bar names its stage
