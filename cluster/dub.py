@@ -49,9 +49,10 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import ray
@@ -126,7 +127,7 @@ def plan_one(item: CatalogItem, output_root: str, run: str, cfg: DubConfig,
                           seconds=time.perf_counter() - started)
 
 
-STR_COLUMNS = ("item_id", "kind", "character", "feats", "segment", "plan", "result", "error")
+STR_COLUMNS = ("item_id", "kind", "character", "feats", "rest", "segment", "plan", "result", "error")
 
 
 def catalog_rows(items: list[CatalogItem], legacy: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
@@ -178,7 +179,7 @@ def plan_rows(row: dict[str, Any], output_root: str, run: str, cfg: DubConfig, o
 def status_row(result: ItemResult, plan: P.ItemPlan | None = None) -> dict[str, Any]:
     """A row for an item that renders nothing (failed or skipped); it passes the actors untouched."""
     return {"item_id": result.id, "kind": result.status, "shard_index": 0, "n_shards": 0, "frame_start": 0,
-            "frame_end": 0, "character": "", "feats": "", "segment": "", "crf": 0, "start_frame": 0,
+            "frame_end": 0, "character": "", "feats": "", "rest": "", "segment": "", "crf": 0, "start_frame": 0,
             "plan": P.plan_to_json(plan) if plan is not None else "", "result": json.dumps(dataclasses.asdict(result))}
 
 
@@ -232,9 +233,10 @@ class RenderShards:
                 return True
             character = self.characters.get(str(row["character"]))
             feats = self.features.get(str(row["feats"]))
+            rest = self.features.get(str(row["rest"])) if str(row.get("rest", "")) else None
             with storage.atomic_file(segment) as tmp:
                 render_segment(character, feats, a, b, tmp, cfg=self.cfg.render, crf=int(row["crf"]),
-                               start_frame=int(row["start_frame"]))
+                               start_frame=int(row["start_frame"]), rest=rest)
             return False
 
         try:
@@ -276,7 +278,7 @@ def shard_rows(plans: list[P.ItemPlan], cfg: DubConfig) -> list[dict[str, Any]]:
         for s in p.shards:
             rows.append({"item_id": s.item_id, "kind": "shard", "shard_index": s.index, "n_shards": len(p.shards),
                          "frame_start": s.frame_start, "frame_end": s.frame_end, "character": p.item.character,
-                         "feats": p.feats, "segment": P.segment_uri(p.work, s.index),
+                         "feats": p.feats, "rest": p.rest, "segment": P.segment_uri(p.work, s.index),
                          "crf": P.item_crf(p.item, cfg.render), "start_frame": p.item.start_frame,
                          "plan": plan_json, "result": ""})
     return rows
@@ -405,8 +407,8 @@ def stitch_one(plan: P.ItemPlan, cfg: DubConfig, preview: str | None = None) -> 
         result = call_with_retries(stitch, what=f"stitch {plan.item.id}")
     except Exception as e:  # noqa: BLE001 - the item's failure, reported by the driver in one line
         return StitchFailure(one_line(e), time.perf_counter() - started)
-
     return write_item_preview(plan, result, preview) if preview else result
+
 
 # ---------------------------------------------------------------------------------------------
 # the driver

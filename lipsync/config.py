@@ -55,6 +55,14 @@ class ConfigError(InputError):
 # Datasets and bundles written before the crop margin moved to the model preset recorded it in
 # their geometry; it is ignored there (the preset, or the bundle's own crop_margin, decides).
 LEGACY_GEOMETRY_KEYS = ("crop_margin",)
+# Datasets and bundles written before audio was loudness-normalised have no loudness_lufs: their
+# audio was used as recorded, so they are read with normalisation off.
+LEGACY_AUDIO_DEFAULTS = {"loudness_lufs": None}
+
+
+def recorded_audio_config(data: Mapping[str, Any] | None) -> "AudioConfig":
+    """The AudioConfig a dataset's meta.json or a bundle.json recorded (legacy keys filled in)."""
+    return from_dict(AudioConfig, {**LEGACY_AUDIO_DEFAULTS, **(data or {})})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +94,10 @@ class AudioConfig:
     # STFT edge padding (center=True). "reflect" was the default of the older librosa Wav2Lip
     # used; librosa >= 0.10 defaults to "constant". Only the first and last two mel frames differ.
     stft_pad_mode: str = "reflect"
+    # Integrated loudness (EBU R128, LUFS) every recording is normalised to before features, in
+    # prepare (the training audio), render and dub alike (lipsync/audio/loudness.py); null = off.
+    loudness_lufs: Annotated[float, Field(ge=-70.0, le=0.0)] | None = -23.0
+    max_gain_db: NonNegativeFloat = 30.0  # the most a quiet recording is raised
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,16 @@ class RenderConfig:
     queue_depth: PositiveInt = 4  # batches in flight between decode, model and encode threads
     max_audio_seconds: PositiveFloat = 3600.0
     torch_threads: NonNegativeInt = 0  # 0 = leave torch's default
+    # What the mouth does where the audio has no voice (docs/QUALITY.md, lipsync/render/rest.py):
+    # rest = the character's own closed mouth, cross-faded at pause edges; keep = the generator's.
+    silence: Literal["keep", "rest"] = "rest"
+    vad_threshold: Fraction = 0.5  # silero-vad speech probability above which a 32 ms window is voice
+    vad_min_pause_frames: PositiveInt = 6  # voiceless runs shorter than this (240 ms) stay speech (hangover)
+    rest_fade_frames: NonNegativeInt = 3  # frames of cross-fade inside each pause edge
+    # The lower-face band taken from the resting template, as fractions of S (x0, y0, x1, y1), and
+    # the width of its feathered edge as a fraction of S.
+    rest_box: tuple[Fraction, Fraction, Fraction, Fraction] = (0.08, 0.22, 0.92, 0.9)
+    rest_feather: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.08
 
 
 @dataclass(frozen=True)
@@ -176,6 +198,9 @@ class DubConfig:
     estimate_fps_cuda: PositiveFloat = 100.0
     # Catalog rows may only write under the output root unless this is set (docs/RELIABILITY.md).
     allow_outputs_outside_root: bool = False
+    # a PNG per dubbed item, <output_root>/_reports/previews/<id>.png (lipsync.render.preview): 4 frames from
+    # one decode of the published output in its stitch task; the item's report entry names it
+    preview: bool = True
     render: RenderConfig = field(default_factory=RenderConfig)
 
     def __post_init__(self) -> None:
@@ -186,9 +211,6 @@ class DubConfig:
 # ---------------------------------------------------------------------------------------------
 # train
 
-    # a PNG per dubbed item, <output_root>/_reports/previews/<id>.png (lipsync.render.preview): 4 frames from
-    # one decode of the published output in its stitch task; the item's report entry names it
-    preview: bool = True
 
 @dataclass(frozen=True)
 class LossWeights:

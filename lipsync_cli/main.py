@@ -28,6 +28,7 @@ from lipsync.dub import dub_flags
 from lipsync.dub.report import summary
 from lipsync.errors import InputError
 from lipsync.eval import evaluate, markdown_table
+from lipsync.eval.evaluate import json_safe
 from lipsync.io import storage
 from lipsync.render import render as run_render
 from lipsync.train import train_character
@@ -314,9 +315,13 @@ def train(
 
 @app.command(name="eval")
 def eval_(
-    dataset: str = typer.Option(..., "--dataset", help="prepared dataset directory the character was trained on"),
+    dataset: Optional[str] = typer.Option(None, "--dataset",
+                                          help="prepared dataset the character was trained on: held-out metrics"),
     character: str = typer.Option(..., "--character", help="character bundle (path or URI)"),
     json_out: str = typer.Option(..., "--json", help="metrics JSON to write (path or URI)"),
+    audio: Optional[str] = typer.Option(None, "--audio", help="speech the character never heard: mouth aperture "
+                                                              "of its dub vs its real footage"),
+    dub_out: Optional[str] = typer.Option(None, "--dub", help="keep the --audio dub here (.mp4, path or URI)"),
     strip: Optional[str] = typer.Option(None, "--strip", help="PNG strip real | generated | shuffled"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="evaluate only the first N held-out frames"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
@@ -324,16 +329,31 @@ def eval_(
     config: Optional[Path] = ConfigOption,
     set_: List[str] = SetOption,
 ) -> None:
-    """Self-reconstruction on the held-out frames: PSNR/SSIM, lip distance, sync vs shuffled audio.
+    """Self-reconstruction on the held-out frames (--dataset): PSNR/SSIM, lip distance, sync vs
+    shuffled audio; and/or the mouth aperture of a dub of unseen speech vs the real footage (--audio).
 
     The generator runs with lipsync/configs/render.yaml's settings (and --precision), as in a dub.
     """
     with reported_errors("eval"):
+        if dataset is None and audio is None:
+            raise InputError(None, "give --dataset (held-out metrics), --audio (unseen speech) or both")
         cfg = load_config(EvalConfig, config, set_, {"device": device})
-        render_cfg = load_config(RenderConfig, flags={"precision": precision})
-        with progress_bar("eval") as update:
-            result = evaluate(dataset, character, json_out, strip_png=strip, max_frames=max_frames, cfg=cfg,
-                              render_cfg=render_cfg, progress=lambda d, t: update(d, t))
+        render_cfg = load_config(RenderConfig, flags={"precision": precision, "device": device})
+        storage.check_output_path(json_out)
+        result: dict = {}
+        if dataset is not None:
+            with progress_bar("eval") as update:
+                result = evaluate(dataset, character, json_out, strip_png=strip, max_frames=max_frames, cfg=cfg,
+                                  render_cfg=render_cfg, progress=lambda d, t: update(d, t))
+        if audio is not None:
+            from lipsync.eval.aperture import unseen_speech
+
+            result["unseen_speech"] = unseen_speech(character, audio, render_cfg, dub_out=dub_out)
+            storage.write_json(json_out, json_safe(result))
+            print_aperture(result["unseen_speech"])
+    if dataset is None:
+        console.print(f"-> {json_out}")
+        return
     console.print(markdown_table(result), highlight=False, soft_wrap=True)
     frames = result["frames"]
     pairing = result["pairing"]
@@ -341,6 +361,14 @@ def eval_(
                   f"held_out_fraction {pairing['held_out_fraction']}, sync_audio_offset "
                   f"{pairing['sync_audio_offset']}, from the {pairing['source']}) in {result['seconds']:.0f} s "
                   f"-> {json_out}" + (f", {strip}" if strip else ""))
+
+
+def print_aperture(report: dict) -> None:
+    d, r = report["dub"], report["real"]
+    console.print(f"unseen speech {report['audio']}: mouth aperture std {d['std']:.3f} vs {r['std']:.3f} real "
+                  f"(ratio {report['std_ratio']:.2f}), mean {d['mean']:.3f} vs {r['mean']:.3f}, "
+                  f"{report['inside_real_range']:.0%} of frames inside the real 5-95% range "
+                  f"({d['frames']} dub frames, {r['frames']} real)", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from clips import OBAMA, prepare_clip
+
 from lipsync.audio import vad
 from lipsync.bundle import load_character, save_bundle
 from lipsync.config import AudioConfig, GeometryConfig, RenderConfig
-from lipsync.face import geometry
 from lipsync.eval.metrics import psnr
+from lipsync.face import geometry
 from lipsync.face.landmarks import FaceMeshDetector
 from lipsync.io import media
 from lipsync.models import build_generator, build_syncnet

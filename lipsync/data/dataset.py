@@ -32,6 +32,7 @@ from lipsync.config import (
     GeometryConfig,
     NegativeSampling,
     from_dict,
+    recorded_audio_config,
 )
 from lipsync.data import layout
 from lipsync.data.inputs import generator_input, to_chw
@@ -120,7 +121,7 @@ def dataset_configs(meta: dict) -> tuple[AudioConfig, GeometryConfig]:
     cfg = meta.get("config") or {}
     geometry_data = {k: v for k, v in (cfg.get("geometry") or {}).items() if k not in LEGACY_GEOMETRY_KEYS}
     try:
-        return from_dict(AudioConfig, cfg.get("audio") or {}), from_dict(GeometryConfig, geometry_data)
+        return recorded_audio_config(cfg.get("audio")), from_dict(GeometryConfig, geometry_data)
     except ConfigError as exc:
         raise InputError(None, f"dataset meta.json holds an incompatible config: {exc.problem}") from None
 

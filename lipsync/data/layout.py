@@ -3,7 +3,7 @@
 Layout (the seed's, plus what later stages need):
     full_body_img/{i}.jpg   frames at 25 fps, i = 0..n_frames-1
     landmarks/{i}.lms       468 lines "x y" (MediaPipe Face Mesh, pixels, smoothed, gaps interpolated)
-    aud.wav                 the video's audio, 16 kHz mono
+    aud.wav                 the video's audio, 16 kHz mono, loudness-normalised (AudioConfig.loudness_lufs)
     boxes.npy               (n_frames, 4) int32 crop boxes (x0, y0, x1, y1)
     landmarks.npy           (n_frames, 468, 2) float32, the same landmarks as one array
     mel.npy                 (80, T) float32 Wav2Lip-style mel of aud.wav

@@ -1,6 +1,6 @@
 """`prepare`: a talking-head video -> a character dataset directory (see layout.py).
 
-Steps: (1) check inputs and output, (2) decode audio -> aud.wav + mel, (3) stream frames: write
+Steps: (1) check inputs and output, (2) decode audio, normalise its loudness -> aud.wav + mel, (3) stream frames: write
 JPEGs (thread pool) and detect landmarks, (4) fill gaps, smooth, crop boxes, refuse videos where
 most frames have no face, (5) write landmarks, boxes, meta, (6) publish atomically.
 """
@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from lipsync import __version__
+from lipsync.audio import loudness
 from lipsync.audio.mel import melspectrogram
 from lipsync.config import PrepareConfig, to_dict
 from lipsync.data import layout
@@ -162,7 +163,7 @@ def prepare(video_uri: str, name: str, out_uri: str, cfg: PrepareConfig = Prepar
         with storage.atomic_dir(out_uri, overwrite=overwrite) as tmp:
             tmp = Path(tmp)
             # 2. audio
-            wav = media.read_audio(video, cfg.audio.sample_rate)
+            wav = loudness.normalise(media.read_audio(video, cfg.audio.sample_rate), cfg.audio, inplace=True)
             media.write_wav(tmp / layout.AUDIO_FILE, wav, cfg.audio.sample_rate)
             np.save(tmp / layout.MEL_FILE, melspectrogram(wav, cfg.audio))
             # 3. frames + landmarks

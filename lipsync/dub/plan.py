@@ -4,6 +4,7 @@ An item's frames [0, n) are split into shards of `shard_frames`; each shard beco
 segment, rendered anywhere (render_segment is a pure function of the frame range), stored at
 
     <output_root>/_work/<run_key>/<item id>/feats.npy         (N, 512) float32 audio features
+    <output_root>/_work/<run_key>/<item id>/rest.npy          (N,) float32 rest weights (pauses; absent: none)
     <output_root>/_work/<run_key>/<item id>/input.json        the item's input key (below)
     <output_root>/_work/<run_key>/<item id>/seg_<shard:05d>.mp4
     <output_root>/_work/<run_key>/<item id>/output.json       what the stitch published (below)
@@ -34,11 +35,13 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from lipsync.audio import loudness, vad
 from lipsync.config import DubConfig, RenderConfig
 from lipsync.dub.catalog import CatalogItem, normalise_uri
 from lipsync.errors import InputError
@@ -46,6 +49,7 @@ from lipsync.io import media, storage
 
 WORK_DIR = "_work"
 FEATS_FILE = "feats.npy"
+REST_FILE = "rest.npy"
 INPUT_FILE = "input.json"
 PUBLISH_RECORD_FILE = "output.json"
 HASH_CHUNK = 1 << 20
@@ -106,9 +110,19 @@ def input_key(item: CatalogItem, audio_sha256: str, bundle_version: str, render:
         "audio_sha256": audio_sha256,
         "bundle_version": bundle_version,
         "params": {"start_frame": item.start_frame, "crf": item_crf(item, render), "preset": render.x264_preset,
-                   "pix_fmt": render.pix_fmt, "audio_bitrate": render.audio_bitrate},
+                   "pix_fmt": render.pix_fmt, "audio_bitrate": render.audio_bitrate,
+                   "silence": silence_params(render)},
         "output": item.output,
     }
+
+
+def silence_params(render: RenderConfig) -> dict[str, Any]:
+    """The settings that decide what pauses look like (lipsync.audio.vad, lipsync.render.rest)."""
+    if render.silence == "keep":
+        return {"mode": "keep"}
+    return {"mode": render.silence, "vad_threshold": render.vad_threshold,
+            "vad_min_pause_frames": render.vad_min_pause_frames, "rest_fade_frames": render.rest_fade_frames,
+            "rest_box": list(render.rest_box), "rest_feather": render.rest_feather}
 
 
 def work_prefix(output_root: str, key: str, item_id: str) -> str:
@@ -166,6 +180,7 @@ class ItemPlan:
     duration: float = 0.0  # seconds of audio
     work: str = ""  # the item's work prefix
     feats: str = ""  # URI of feats.npy
+    rest: str = ""  # URI of rest.npy ("" when the item has no pause or silence is keep)
     shards: list[Shard] = field(default_factory=list)
     seconds: float = 0.0  # time spent planning
     existing: str = "absent"  # what was at the output when planned: absent | own | changed | foreign
@@ -284,7 +299,8 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
                             warning=warning)
         # 4. decode + validate (empty, corrupt, too long -> InputError), named by the catalog's URI
         try:
-            wav = load_audio(audio_path, cfg.render, character.audio.sample_rate)
+            wav = loudness.normalise(load_audio(audio_path, cfg.render, character.audio.sample_rate),
+                                     character.audio, inplace=True)  # the level the character was trained at
         except InputError as e:
             raise InputError(item.audio, e.problem) from None
     duration = wav.size / character.audio.sample_rate
@@ -294,10 +310,16 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
     feats = audio_features(character, wav, cfg.render.feature_batch_size)  # (N, 512)
     feats_uri = storage.join(work, FEATS_FILE)
     save_array(feats_uri, feats)
+    rest = vad.frame_rest_weights(wav, len(feats), character.audio, cfg.render)  # (N,) or None
+    rest_uri = ""
+    if rest is not None and rest.any():
+        rest_uri = storage.join(work, REST_FILE)
+        save_array(rest_uri, rest)
     storage.write_json(storage.join(work, INPUT_FILE), key)
     # 7. shards
     shards = plan_shards(item.id, len(feats), cfg.shard_frames)
     return ItemPlan(item, "render", key, n_frames=len(feats), duration=duration, work=work, feats=feats_uri,
+                    rest=rest_uri,
                     shards=shards, seconds=time.perf_counter() - started, existing=existing, overwrite=overwrite,
                     warning=warning)
 
@@ -343,6 +365,7 @@ def plan_to_json(plan: ItemPlan) -> str:
     shards are not stored: plan_from_json cuts them again from n_frames."""
     return json.dumps({"item": dataclasses.asdict(plan.item), "status": plan.status, "key": plan.key,
                        "n_frames": plan.n_frames, "duration": plan.duration, "work": plan.work, "feats": plan.feats,
+                       "rest": plan.rest,
                        "seconds": plan.seconds, "existing": plan.existing, "overwrite": plan.overwrite,
                        "record": plan.record, "n_shards": len(plan.shards), "warning": plan.warning}, sort_keys=True)
 
@@ -354,7 +377,8 @@ def plan_from_json(text: str, shard_frames: int) -> ItemPlan:
     if d["status"] == "render" and len(shards) != d["n_shards"]:
         raise ValueError(f"plan of {item.id}: {d['n_shards']} shards planned, {len(shards)} at {shard_frames} frames")
     return ItemPlan(item, d["status"], d["key"], n_frames=d["n_frames"], duration=d["duration"], work=d["work"],
-                    feats=d["feats"], shards=shards, seconds=d["seconds"], existing=d["existing"],
+                    feats=d["feats"], rest=d.get("rest", ""), shards=shards, seconds=d["seconds"],
+                    existing=d["existing"],
                     overwrite=d["overwrite"], record=d["record"], warning=d.get("warning"))
 
 

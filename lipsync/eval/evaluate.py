@@ -227,14 +227,14 @@ def _strip_png(rows: list[list[np.ndarray]], labels: tuple[str, ...]) -> bytes:
     return png.tobytes()
 
 
-def _json_safe(value):
+def json_safe(value):
     """Non-finite floats (PSNR of identical images) become null: JSON has no inf."""
     if isinstance(value, float) and not np.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -320,7 +320,7 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
                       "lips_found": sum(p is not None for p in real.lips)}
 
     # 5. write the JSON (and the strip)
-    result = _json_safe({
+    result = json_safe({
         "eval_format": EVAL_FORMAT,
         "character": {"uri": str(character_uri), "name": character.name, "preset": character.preset,
                       "version": character.version},

@@ -14,21 +14,27 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from lipsync.audio import frontend, vad
+from lipsync.audio import frontend, loudness, vad
 from lipsync.audio.features import context_range
 from lipsync.bundle import Character, load_character
 from lipsync.config import RenderConfig
 from lipsync.errors import InputError, OutputExistsError
 from lipsync.face import geometry
 from lipsync.io import media, storage
-from lipsync.render.paint import model_crop, model_input, paint, painted_frame, prepare_for_inference
+from lipsync.render.paint import (
+    model_crop,
+    model_input,
+    paint,
+    painted_frame,
+    prepare_for_inference,
+)
 from lipsync.render.rest import RestingMouth, resting_mouth
 from lipsync.runtime import resolve_device
 
@@ -295,7 +301,8 @@ def render(character_uri: str, audio_uri: str, out_uri: str, cfg: RenderConfig =
         character = load_character(character_uri, device=resolve_device(cfg.device))
         prepare_for_inference(character, cfg)
     with storage.local_copy(audio_uri) as audio_path:
-        wav = load_audio(audio_path, cfg, character.audio.sample_rate)
+        wav = loudness.normalise(load_audio(audio_path, cfg, character.audio.sample_rate), character.audio,
+                                 inplace=True)  # to the level the character was trained at
         feats = audio_features(character, wav, cfg.feature_batch_size)
         rest = vad.frame_rest_weights(wav, len(feats), character.audio, cfg)  # None when silence is keep
         # 3. render all frames into one file, audio muxed in the same pass, then publish
