@@ -7,7 +7,9 @@
 Everything model-related is lipsync.train.Trainer; `RayTrainContext` maps its few environment
 calls onto Ray Train: `prepare_model` (DDP, gloo on CPU / nccl on GPU), `prepare_data_loader`
 (a DistributedSampler per rank), `ray.train.report(metrics, checkpoint=...)` (rank 0 writes the
-checkpoint directory, every rank reports), and `ray.train.get_checkpoint()` to resume after a
+checkpoint directory, every rank reports; at every log step without a checkpoint the same report
+carries losses and held-out metrics, and rank 0 prints them as a `[train] step ...` line in the
+job log), and `ray.train.get_checkpoint()` to resume after a
 worker failure (FailureConfig(max_failures)) or when a run of the same name is started again on
 the same storage path. Checkpoints go to RunConfig(storage_path) -- a local/shared path or
 s3://, reached with the same endpoint as lipsync.io.storage (credentials: the nodes' own).
@@ -49,6 +51,7 @@ from lipsync.models import model_preset
 from lipsync.train import checkpoint as ckpt
 from lipsync.train import export_bundle, local_dataset
 from lipsync.train.context import RunContext
+from lipsync.train.metrics import report_line
 from lipsync.train.preflight import TrainPlan, check_training
 from lipsync.train.trainer import Trainer, run_summary
 
@@ -85,7 +88,18 @@ class RayTrainContext(RunContext):
 
     def save_checkpoint(self, written: Path | None, global_step: int, metrics: dict[str, Any]) -> None:
         checkpoint = Checkpoint.from_directory(str(written)) if written is not None else None
+        self._print(metrics)
         ray.train.report(metrics, checkpoint=checkpoint)
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Losses and held-out metrics at a log step: ray.train.report on every rank (a barrier), and
+        rank 0's line in the job log (worker stdout reaches the driver's log)."""
+        self._print(metrics)
+        ray.train.report(metrics)
+
+    def _print(self, metrics: dict[str, Any]) -> None:
+        if self.is_main and any("/" in k for k in metrics):
+            print(report_line(metrics), flush=True)
 
     def on_step(self, global_step: int) -> None:
         """Testing hook: fail once at `fail_at_step`. The marker in the run's storage survives the
@@ -201,7 +215,7 @@ def train_on_ray(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, storage_pa
     with result.checkpoint.as_directory() as directory:
         state, metrics = ckpt.read_checkpoint(Path(directory))
     summary = run_summary(state, metrics, num_workers, "cuda" if use_gpu else "cpu")
-    version = export_bundle(state, out_uri, dataset_dir, summary, overwrite=overwrite)
+    version = export_bundle(state, out_uri, dataset_dir, summary, overwrite=overwrite, metrics=metrics)
     return RayTrainResult(out=str(out_uri), version=version, checkpoint_uri=checkpoint_uri(storage_path, result),
                           run_name=name, seconds=time.perf_counter() - started, summary=summary)
 

@@ -145,11 +145,14 @@ def _copy_templates(dataset_dir: Path, dest: Path, n_frames: int) -> None:
 def save_bundle(out_uri: str, *, name: str, preset: str, generator: Generator, audio_encoder: AudioEncoder,
                 syncnet: SyncNet | None, audio: AudioConfig, geometry: GeometryConfig, dataset_dir: str | Path,
                 train_info: dict[str, Any], crop_margin: int | None = None, overwrite: bool = False,
-                audio_backend: str = "ave", audio_weights: str | None = None) -> str:
+                audio_backend: str = "ave", audio_weights: str | None = None,
+                extra_files: dict[str, Path] | None = None) -> str:
     """Write a character bundle to `out_uri` (published whole, or not at all); returns its version.
 
     `crop_margin` is the one the model was trained with (default: the preset's). `audio_backend`
     and `audio_weights`: the audio front-end (`audio` must be its config, frontend.audio_config_for).
+    `extra_files`: name -> local file copied beside bundle.json (the training history: metrics.jsonl,
+    loss_curve.png); not part of the version, which covers the weights only.
 
     OutputExistsError when `out_uri` exists and not `overwrite`; InputError when `dataset_dir`
     is not a complete dataset.
@@ -171,6 +174,8 @@ def save_bundle(out_uri: str, *, name: str, preset: str, generator: Generator, a
         # 2. templates
         n = int(meta["n_frames"])
         _copy_templates(dataset_dir, tmp / TEMPLATES_DIR, n)
+        for name, path in (extra_files or {}).items():
+            shutil.copyfile(path, tmp / name)
         # 3. bundle.json, last
         info = {
             "bundle_format": BUNDLE_FORMAT,

@@ -37,7 +37,7 @@ from lipsync.train import LocalContext, Trainer
 from lipsync.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from lipsync.config import LossWeights
 from lipsync.train.losses import GeneratorLoss, PerceptualLoss, load_vgg19
-from lipsync.train.metrics import CURVE_FILE, METRICS_FILE
+from lipsync.train.metrics import CURVE_FILE, METRICS_FILE, MetricsLog, curve_figure
 from lipsync.train.trainer import generator_forward, optimizer_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -350,6 +350,25 @@ def test_cli_trains_a_bundle_with_a_pretrained_audio_encoder(prepared_obama, tmp
     assert info["train"]["generator_steps"] == 2
     run_dir = Path(str(out) + ".run")
     assert (run_dir / METRICS_FILE).is_file() and (run_dir / CURVE_FILE).is_file()
+    # issue 15: the bundle keeps the run's history (every log_every=1 step of both stages) and its curve
+    history = MetricsLog.from_jsonl((out / METRICS_FILE).read_text()).records
+    assert history == MetricsLog.from_jsonl((run_dir / METRICS_FILE).read_text()).records
+    for stage in ("syncnet", "generator"):
+        assert [r["stage_step"] for r in history if r["stage"] == stage and "loss" in r] == [1, 2], stage
+    assert info["train"]["history"] == METRICS_FILE and (out / CURVE_FILE).is_file()
+
+
+def test_loss_curve_has_a_panel_per_stage_and_the_reference_copy_baseline():
+    records = [{"stage": "syncnet", "stage_step": s, "step": s, "loss": 0.7 - 0.1 * s} for s in (1, 2)] + [
+        {"stage": "generator", "stage_step": 0, "step": 2, "val_l1": 0.19, "val_l1_reference_copy": 0.077},
+        {"stage": "generator", "stage_step": 1, "step": 3, "loss": 0.3, "l1": 0.12}]
+    fig = curve_figure(records)
+    syncnet, generator = fig.axes
+    assert len(fig.axes) == 2
+    assert [ax.get_title() for ax in fig.axes] == ["stage: syncnet", "stage: generator"]
+    baseline = [line for line in generator.lines if line.get_label() == "val L1 of copying the reference"]
+    assert len(baseline) == 1 and set(baseline[0].get_ydata()) == {0.077}  # a horizontal line
+    assert not any("reference" in line.get_label() for line in syncnet.lines)
 
 
 @pytest.mark.parametrize("case", ["missing_files", "bad_format", "bundle_exists", "unknown_preset"])

@@ -15,6 +15,7 @@ from lipsync.bundle import BUNDLE_FILE, load_character
 from lipsync.io import storage
 from lipsync.config import TrainConfig, load_config
 from lipsync.train.checkpoint import read_checkpoint
+from lipsync.train.metrics import CURVE_FILE, METRICS_FILE, MetricsLog, curve_figure
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +37,19 @@ def ray_cluster(ray_head, tmp_path_factory):
             ray.shutdown()
 
 
+def report_lines(head) -> list[str]:
+    """The `[train] step ...` lines rank 0 printed so far (Ray writes worker stdout to logs/worker-*.out)."""
+    logs = Path(head.temp_dir) / "session_latest" / "logs"
+    return [line.split("[train] ", 1)[1] for path in sorted(logs.glob("worker-*.out"))
+            for line in path.read_text(errors="replace").splitlines() if "[train] step " in line]
+
+
 def test_two_workers_train_and_write_checkpoints_and_a_bundle(ray_cluster, prepared_obama, tmp_path):
     from cluster.train import train_on_ray
 
     cfg = load_config(TrainConfig, None, QUICK + ["syncnet_steps=2", "generator_steps=2"])
     out = tmp_path / "bundle"
+    before = len(report_lines(ray_cluster))
     result = train_on_ray(str(prepared_obama), str(out), cfg, storage_path=str(tmp_path / "ray"), name="run",
                           num_workers=2, max_failures=0)
     checkpoints = sorted(p.name for p in (tmp_path / "ray" / "run").glob("checkpoint_*") if p.is_dir())
@@ -52,6 +61,20 @@ def test_two_workers_train_and_write_checkpoints_and_a_bundle(ray_cluster, prepa
     assert load_character(str(out)).n_templates == 500
     # both ranks trained: DDP splits each epoch, so each rank's loader has half the batches
     assert any(r.get("stage") == "generator" and "loss" in r for r in metrics.records)
+    # issue 15: a report at every log step (log_every=1), in the job log with losses and held-out metrics:
+    # global steps 1, 2 (SyncNet; 2 with its checkpoint), 2 again (generator step 0: held-out L1 and the
+    # reference-copy baseline), 3, 4 (generator; 4 with its checkpoint)
+    lines = report_lines(ray_cluster)[before:]
+    assert [line.split(" (")[0] for line in lines] == ["step 1", "step 2", "step 2", "step 3", "step 4"], lines
+    assert "syncnet loss" in lines[0] and "val_l1_reference_copy" in lines[2] and "generator" in lines[4]
+    assert "val_acc" in lines[1] and "val_l1 " in lines[4], lines
+    # the bundle keeps the history (the same records as the final checkpoint) and the loss curve
+    history = MetricsLog.from_jsonl((out / METRICS_FILE).read_text()).records
+    assert history == metrics.records
+    assert info["train"]["history"] == METRICS_FILE and (out / CURVE_FILE).is_file()
+    for stage in ("syncnet", "generator"):
+        assert [r["stage_step"] for r in history if r["stage"] == stage and "loss" in r] == [1, 2], stage
+    assert len(curve_figure(history).axes) == 2  # one panel per stage
 
 
 def test_a_failed_worker_resumes_from_the_checkpoint_on_s3(ray_cluster, prepared_obama, s3_tmp, tmp_path):

@@ -5,6 +5,7 @@ and `export_bundle`, which turns a final training state into a bundle (also used
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from lipsync.models import (
 )
 from lipsync.runtime import resolve_device
 from lipsync.train.context import LocalContext
+from lipsync.train.metrics import CURVE_FILE, METRICS_FILE, MetricsLog
 from lipsync.train.preflight import TrainPlan, check_training
 from lipsync.train.trainer import ProgressFn, StopFn, Trainer
 
@@ -63,8 +65,9 @@ def local_dataset(dataset_uri: str) -> Path:
 
 
 def export_bundle(state: dict[str, Any], out_uri: str, dataset_dir: str | Path, train_info: dict[str, Any],
-                  name: str | None = None, overwrite: bool = False) -> str:
-    """Rebuild the models from a training state (see lipsync.train.checkpoint) and save a bundle."""
+                  name: str | None = None, overwrite: bool = False, metrics: MetricsLog | None = None) -> str:
+    """Rebuild the models from a training state (see lipsync.train.checkpoint) and save a bundle;
+    `metrics` (the run's history) goes beside bundle.json as metrics.jsonl and loss_curve.png."""
     if state.get("generator") is None or state.get("audio_encoder") is None:
         raise ValueError("training state has no trained generator / audio encoder yet")
     generator = Generator(config_io.from_dict(GeneratorConfig, state["generator_config"]))
@@ -76,11 +79,17 @@ def export_bundle(state: dict[str, Any], out_uri: str, dataset_dir: str | Path, 
     meta = layout.validate_dataset(Path(dataset_dir))
     audio, geometry = dataset_configs(meta)
     backend, weights = frontend.backend_of(state.get("train_config"))  # the front-end the run trained with
-    return save_bundle(out_uri, name=name or meta.get("name") or storage.name(out_uri), preset=state["preset"],
-                       generator=generator.eval(), audio_encoder=encoder.eval(), syncnet=syncnet.eval(),
-                       audio=frontend.audio_config_for(audio, backend), geometry=geometry, dataset_dir=dataset_dir,
-                       train_info=train_info, crop_margin=int(state["crop_margin"]), overwrite=overwrite,
-                       audio_backend=backend, audio_weights=weights)
+    with tempfile.TemporaryDirectory(prefix="lipsync-history-") as tmp:
+        extra = {}
+        if metrics is not None:
+            metrics.write(Path(tmp))
+            extra = {n: Path(tmp) / n for n in (METRICS_FILE, CURVE_FILE)}
+            train_info = {**train_info, "history": METRICS_FILE, "loss_curve": CURVE_FILE}
+        return save_bundle(out_uri, name=name or meta.get("name") or storage.name(out_uri), preset=state["preset"],
+                           generator=generator.eval(), audio_encoder=encoder.eval(), syncnet=syncnet.eval(),
+                           audio=frontend.audio_config_for(audio, backend), geometry=geometry,
+                           dataset_dir=dataset_dir, train_info=train_info, crop_margin=int(state["crop_margin"]),
+                           overwrite=overwrite, audio_backend=backend, audio_weights=weights, extra_files=extra)
 
 
 def train_character(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, run_dir: str | Path | None = None,
@@ -114,7 +123,8 @@ def train_character(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, run_dir
         trainer.train()
         # 3. save
         summary = trainer.summary()
-        version = export_bundle(trainer.final_state(), out_uri, dataset_dir, summary, name=name, overwrite=overwrite)
+        version = export_bundle(trainer.final_state(), out_uri, dataset_dir, summary, name=name, overwrite=overwrite,
+                                metrics=trainer.metrics)
     finally:
         # 4. cleanup
         trainer.cleanup()

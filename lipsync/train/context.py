@@ -58,6 +58,12 @@ class RunContext:
     def write_metrics(self, log: MetricsLog, plot: bool) -> None:
         """Rank 0: make the metrics so far visible (metrics.jsonl; the loss curve when `plot`)."""
 
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Called on every rank at each step that logged something (train losses every log_every
+        steps, held-out metrics every val_every) and had no checkpoint (a checkpoint carries the
+        same values in save_checkpoint). `metrics`: lipsync.train.metrics.report_values plus the
+        step counters; only rank 0's hold values. Local runs have metrics.jsonl already: no-op."""
+
     def on_step(self, global_step: int) -> None:
         """Called after every optimizer step (a hook for tests that inject failures)."""
 

@@ -69,7 +69,7 @@ from lipsync.train.losses import (
     load_vgg19,
     syncnet_loss,
 )
-from lipsync.train.metrics import MetricsLog
+from lipsync.train.metrics import MetricsLog, report_values
 from lipsync.train.preflight import check_training
 
 ProgressFn = Callable[[int, int, str], None]  # (global step, total steps, "syncnet 12/2000  loss ... steps/s")
@@ -100,6 +100,8 @@ class Trainer:
         self.features: np.ndarray | None = None  # (n_frames, feature_dim) per-frame audio features
         self.audio_backend = cfg.audio_features.backend
         self.stopped_early = False
+        self._report_due = False  # something was logged since the last report (set on every rank)
+        self._reported = 0  # metrics records already reported
 
     # ------------------------------------------------------------------------------------------
     # setup
@@ -200,6 +202,7 @@ class Trainer:
 
     def train(self) -> None:
         self.started = time.perf_counter()
+        self._reported = len(self.metrics.records)  # a resumed run reports only what it logs from here
         self.train_syncnet()
         if self.stopped_early:
             return
@@ -314,6 +317,7 @@ class Trainer:
             return
         if self.generator_step == 0:
             self._log("generator", 0, None, **self.validate_generator(), **self.reference_copy_baseline())
+            self._flush_report()  # the step-0 held-out L1 and the reference-copy baseline
         samples = GeneratorSamples(self.frames, self.frames.split.train, self.features, cfg.seed,
                                    audio_offset=cfg.sync_audio_offset)
         loader = self._loader(samples, cfg.batch_size)
@@ -381,6 +385,7 @@ class Trainer:
         stop = self.should_stop()
         if self.global_step % self.cfg.checkpoint_every == 0 or last_of_stage or stop:
             self.save_checkpoint()
+        self._flush_report()  # a log step without a checkpoint
         self.ctx.on_step(self.global_step)
         if self.progress:
             extra = f"{self._stage_text()}  {timer.describe(self.metrics)}"
@@ -396,6 +401,7 @@ class Trainer:
         return f"syncnet {self.syncnet_step}/{self.cfg.syncnet_steps}"
 
     def _log(self, stage: str, stage_step: int, timer: "StepTimer | None", **values: Any) -> None:
+        self._report_due = True  # on every rank (Ray's report is collective); only rank 0 has values
         if not self.ctx.is_main or not values:
             return
         record = {"stage": stage, "stage_step": stage_step, "step": self.global_step,
@@ -433,12 +439,22 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Rank 0 writes the checkpoint directory; every rank takes part in publishing it (Ray's
         report is collective)."""
-        metrics = {"step": self.global_step, "syncnet_step": self.syncnet_step,
-                   "generator_step": self.generator_step}
+        metrics = self._report_values()
         with tempfile.TemporaryDirectory(prefix="lipsync-ckpt-") as tmp:
             written = ckpt.write_checkpoint(Path(tmp) / "ckpt", self.state(), self.metrics) if self.ctx.is_main \
                 else None
             self.ctx.save_checkpoint(written, self.global_step, metrics)
+
+    def _report_values(self) -> dict[str, Any]:
+        """Step counters + what was logged since the last report (lipsync.train.metrics.report_values)."""
+        new = self.metrics.records[self._reported:]
+        self._reported, self._report_due = len(self.metrics.records), False
+        return {"step": self.global_step, "syncnet_step": self.syncnet_step, "generator_step": self.generator_step,
+                **report_values(new, self.metrics)}
+
+    def _flush_report(self) -> None:
+        if self._report_due:
+            self.ctx.report(self._report_values())
 
     def final_state(self) -> dict[str, Any]:
         return self.state()
