@@ -5,6 +5,7 @@ A directory URI (local or s3://), published atomically (storage.atomic_dir):
                               "audio", "audio_features", "geometry", "crop_margin", "n_templates", "frame_size",
                               "dataset_meta", "train"}
     generator.safetensors    audio_encoder.safetensors    syncnet.safetensors (absent if no SyncNet)
+    metrics.jsonl            loss_curve.png    the training history (absent in bundles saved without one)
     templates/full_body_img/{i}.jpg   templates/boxes.npy (n, 4) int32   templates/landmarks.npy (n, 468, 2)
 
 `version` is the sha256 over the weight files (name and bytes, in WEIGHT_FILES order): two
