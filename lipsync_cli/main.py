@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -63,15 +64,30 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time, so that a line logged while a rich progress
+    bar is live goes through rich's redirect (above the bar) instead of through the bar."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+_log_handler = _StderrHandler()
+_log_handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+
 def setup_logging(verbose: bool, quiet: bool) -> None:
     """stdlib logging to stderr: warnings by default; -v: our debug messages too (third-party
-    libraries stay at warnings); -q: errors only, and no progress bars or summary lines."""
+    libraries stay at warnings); -q: errors only, and no progress bars or summary lines.
+    Other handlers on the root logger (a test's log capture) are left alone."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
+    if _log_handler not in root.handlers:
+        root.addHandler(_log_handler)
     root.setLevel(logging.ERROR if quiet else logging.WARNING)
     for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose and not quiet else logging.NOTSET)

@@ -42,7 +42,11 @@ def _native_stderr_to_log(what: str) -> Iterator[None]:
     it is written back to stderr when the block raises. GLOG_minloglevel / TF_CPP_MIN_LOG_LEVEL
     were measured to silence none of these lines in mediapipe 0.10.14."""
     with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
-        saved = os.dup(2)
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (a daemon): nothing to keep off a terminal
+            yield
+            return
         os.dup2(captured.fileno(), 2)
         failed = False
         try:
