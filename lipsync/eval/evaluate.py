@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import torch
 
+from lipsync.audio import vad
 from lipsync.audio.features import context_range
 from lipsync.audio.mel import mel_windows, melspectrogram
 from lipsync.bundle import Character, load_character
@@ -47,6 +48,7 @@ from lipsync.render.paint import (
     prepare_for_inference,
 )
 from lipsync.render.pipeline import audio_features
+from lipsync.render.rest import RestingMouth, resting_mouth
 from lipsync.runtime import resolve_device
 from lipsync.train.api import local_dataset
 
@@ -81,6 +83,9 @@ class _Variant:
     ssim_mouth: list[float] = field(default_factory=list)
     lips: list[np.ndarray | None] = field(default_factory=list)  # (40, 2) in the metric crop, None: no face found
     views: list[np.ndarray] = field(default_factory=list)  # (S, S, 3) uint8 model views, for the SyncNet
+    apertures: list[float | None] = field(default_factory=list)  # inner-lip aperture, None: no face found
+    mouths: list[np.ndarray] = field(default_factory=list)  # the mouth region of the metric crop
+    seams: list[tuple[float, float] | None] = field(default_factory=list)  # (colour, gradient) at the paste box
 
 
 @dataclass
@@ -142,15 +147,17 @@ def held_out_frames(n_frames: int, n_audio_frames: int, held_out_fraction: float
 
 
 def _generated_frames(character: Character, frames: list[np.ndarray], boxes: list[np.ndarray], audio: np.ndarray,
-                      render_cfg: RenderConfig) -> list[np.ndarray]:
+                      render_cfg: RenderConfig, rest: np.ndarray | None = None,
+                      mouth: RestingMouth | None = None) -> list[np.ndarray]:
     """Real frames as their own templates, painted for `audio` exactly as render paints a template
-    (a non-finite output leaves the frame unchanged, as in a dub)."""
+    (a non-finite output leaves the frame unchanged, as in a dub; pauses rest the mouth, as in a dub)."""
     crops = [model_crop(character, f, b) for f, b in zip(frames, boxes)]
     inputs = np.stack([model_input(character, face) for _, face in crops])
     outputs = paint(character, inputs, audio, render_cfg)
+    weights = np.zeros(len(frames), np.float32) if rest is None or mouth is None else rest
     result = []
-    for frame, box, (crop_full, _), out in zip(frames, boxes, crops, outputs):
-        painted = painted_frame(character, frame, box, crop_full, out)
+    for frame, box, (crop_full, _), out, w in zip(frames, boxes, crops, outputs, weights):
+        painted = painted_frame(character, frame, box, crop_full, out, mouth, float(w))
         result.append(frame if painted is None else painted)
     return result
 
@@ -166,18 +173,25 @@ def _view(character: Character, frame: np.ndarray, box) -> np.ndarray:
     return model_crop(character, frame, box)[1].copy()
 
 
-def _observe(variant: _Variant, character: Character, frame: np.ndarray, box, cfg: EvalConfig) -> np.ndarray:
-    """Detect the lips and keep the model view of one frame; returns its metric crop."""
+def _observe(variant: _Variant, character: Character, frame: np.ndarray, box, cfg: EvalConfig,
+             mouth: tuple[int, int, int, int]) -> np.ndarray:
+    """Detect the lips, keep the model view, the mouth region and the paste seam of one frame;
+    returns its metric crop."""
     lms = variant.detector.detect(frame)
     variant.lips.append(None if lms is None else metrics.lip_points(lms, box, cfg.metric_crop_size))
+    variant.apertures.append(None if lms is None else float(geometry.mouth_aperture(lms)))
     variant.views.append(_view(character, frame, box))
-    return geometry.crop(frame, box, cfg.metric_crop_size)
+    crop = geometry.crop(frame, box, cfg.metric_crop_size)
+    x0, y0, x1, y1 = mouth
+    variant.mouths.append(crop[y0:y1, x0:x1].copy())
+    variant.seams.append(metrics.seam(frame, box, character.geometry.feather))
+    return crop
 
 
 def _compare(variant: _Variant, character: Character, frame: np.ndarray, box, ref: _Reference,
              cfg: EvalConfig) -> np.ndarray:
     """All per-frame measurements of one variant frame against the real frame; returns its metric crop."""
-    crop = _observe(variant, character, frame, box, cfg)
+    crop = _observe(variant, character, frame, box, cfg, ref.mouth)
     x0, y0, x1, y1 = ref.mouth
     variant.psnr_full.append(metrics.psnr(frame, ref.frame))
     variant.ssim_full.append(metrics.ssim(frame, ref.frame))
@@ -203,8 +217,31 @@ def _sync(character: Character, views: list[np.ndarray], frames: np.ndarray, mel
     return score.as_dict()
 
 
-def _summary(variant: _Variant, real: _Variant) -> dict:
+def _ratio(value: float | None, baseline: float | None) -> float | None:
+    return None if value is None or baseline is None or baseline == 0 else value / baseline
+
+
+def _temporal(variant: _Variant, silent: np.ndarray) -> dict:
+    """What viewers see of one variant (or of the real frames): jitter, flicker, sharpness, seam, and
+    the mouth in silent frames (docs/QUALITY.md)."""
+    seams = [s for s in variant.seams if s is not None]
+    quiet = [a for a, q in zip(variant.apertures, silent) if q and a is not None]
+    quiet_steps = [abs(b - a) for a, b, qa, qb in zip(variant.apertures[:-1], variant.apertures[1:], silent[:-1],
+                                                      silent[1:]) if qa and qb and a is not None and b is not None]
+    return {
+        "jitter": metrics.lip_jitter(variant.lips),
+        "flicker": metrics.flicker(variant.mouths),
+        "sharpness": float(np.mean([metrics.sharpness(m) for m in variant.mouths])),
+        "seam_colour": float(np.mean([s[0] for s in seams])) if seams else None,
+        "seam_gradient": float(np.mean([s[1] for s in seams])) if seams else None,
+        "silent": {"frames": int(silent.sum()), "aperture": float(np.mean(quiet)) if quiet else None,
+                   "motion": float(np.mean(quiet_steps)) if quiet_steps else None},
+    }
+
+
+def _summary(variant: _Variant, real: _Variant, silent: np.ndarray) -> dict:
     both = [(g, r) for g, r in zip(variant.lips, real.lips) if g is not None and r is not None]
+    seen, truth = _temporal(variant, silent), _temporal(real, silent)
     return {
         "psnr_full": float(np.mean(variant.psnr_full)),
         "ssim_full": float(np.mean(variant.ssim_full)),
@@ -212,6 +249,9 @@ def _summary(variant: _Variant, real: _Variant) -> dict:
         "ssim_mouth": float(np.mean(variant.ssim_mouth)),
         "lmd": metrics.lmd(np.stack([g for g, _ in both]), np.stack([r for _, r in both])) if both else None,
         "lmd_frames": len(both),
+        **seen,
+        "vs_real": {k: _ratio(seen[k], truth[k]) for k in ("jitter", "flicker", "sharpness", "seam_colour",
+                                                           "seam_gradient")},
     }
 
 
@@ -274,6 +314,11 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
     shuffled_feats = np.roll(feats, roll, axis=0)  # frame j gets the audio of frame j - roll
     mel = melspectrogram(wav, character.audio)
     frames = held_out_frames(n_frames, n_audio, pairing.held_out_fraction, max_frames)
+    # pauses rest the mouth as in a dub (silence=rest); the shuffled variant rests where its audio pauses
+    rest = vad.frame_rest_weights(wav, n_audio, character.audio, render_cfg)
+    mouth = resting_mouth(character, render_cfg) if rest is not None and rest.any() else None
+    shuffled_rest = None if rest is None else np.roll(rest, roll)
+    silent = np.zeros(len(frames), bool) if rest is None else rest[frames] >= 1.0
     strip_at = set(np.unique(np.linspace(0, len(frames) - 1, cfg.strip_frames).round().astype(int)).tolist())
 
     # 3. render and measure, batch by batch; one landmark tracker per variant (frames are in order)
@@ -290,14 +335,16 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
             a, b = int(ks[0]), int(ks[-1]) + 1  # held-out frames are contiguous
             outputs = {
                 "generated": _generated_frames(character, real_frames, real_boxes,
-                                               context_range(feats, a, b, character.audio), render_cfg),
+                                               context_range(feats, a, b, character.audio), render_cfg,
+                                               None if rest is None else rest[a:b], mouth),
                 "shuffled": _generated_frames(character, real_frames, real_boxes,
-                                              context_range(shuffled_feats, a, b, character.audio), render_cfg),
+                                              context_range(shuffled_feats, a, b, character.audio), render_cfg,
+                                              None if shuffled_rest is None else shuffled_rest[a:b], mouth),
             }
             for i, k in enumerate(ks):
                 j = lo + i  # position in the held-out sequence = the output frame index of a dub from frame 0
                 ref = _reference(real_frames[i], real_boxes[i], landmarks[k], cfg)
-                _observe(real, character, ref.frame, ref.box, cfg)
+                _observe(real, character, ref.frame, ref.box, cfg, ref.mouth)
                 crops = [ref.metric_crop]
                 for name in ("generated", "shuffled"):
                     crops.append(_compare(variants[name], character, outputs[name][i], ref.box, ref, cfg))
@@ -310,14 +357,14 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
                 progress(min(lo + cfg.batch_size, len(frames)), len(frames))
 
     # 4. sync scores against the clip's real audio
-    report = {name: _summary(v, real) for name, v in variants.items()}
+    report = {name: _summary(v, real, silent) for name, v in variants.items()}
     for name, v in variants.items():
         report[name]["sync"] = _sync(character, v.views, frames, mel, n_audio, cfg, offset)
     report["shuffled"]["sync_own_audio"] = _sync(character, variants["shuffled"].views, frames, mel, n_audio, cfg,
                                                  offset,
                                                  roll=roll)
     report["real"] = {"sync": _sync(character, real.views, frames, mel, n_audio, cfg, offset),
-                      "lips_found": sum(p is not None for p in real.lips)}
+                      "lips_found": sum(p is not None for p in real.lips), **_temporal(real, silent)}
 
     # 5. write the JSON (and the strip)
     result = json_safe({
@@ -329,6 +376,7 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
                    "held_out_fraction": pairing.held_out_fraction},
         "pairing": asdict(pairing),
         "settings": {**asdict(cfg), "sync_distance": "1 - cosine similarity of the SyncNet embeddings",
+                     "silence": render_cfg.silence,
                      "shuffle_roll_frames": roll, "syncnet": character.syncnet is not None},
         "metrics": report,
         "seconds": time.perf_counter() - started,
@@ -361,5 +409,23 @@ def markdown_table(result: dict) -> str:
             f"| {name}", _fmt(row.get("psnr_full"), 2), _fmt(row.get("ssim_full"), 4), _fmt(row.get("psnr_mouth"), 2),
             _fmt(row.get("ssim_mouth"), 4), _fmt(row.get("lmd"), 2), _fmt(sync.get("distance"), 4),
             _fmt(sync.get("confidence"), 4), str(sync.get("offset", "-")),
+        ]) + " |")
+    return "\n".join(lines) + "\n\n" + viewer_table(result)
+
+
+def viewer_table(result: dict) -> str:
+    """What viewers see, per variant next to the real footage: lip jitter (px @320 per frame), mouth
+    flicker (grey levels per frame), sharpness (Laplacian variance), seam colour / gradient at the
+    paste box, and aperture / motion in silent frames."""
+    lines = ["| variant | jitter | flicker | sharpness | seam colour | seam gradient | silent frames | "
+             "silent aperture | silent motion |", "|---|---|---|---|---|---|---|---|---|"]
+    m = result["metrics"]
+    for name in (*VARIANTS, "real"):
+        row = m[name]
+        silent = row.get("silent") or {}
+        lines.append(" | ".join([
+            f"| {name}", _fmt(row.get("jitter"), 2), _fmt(row.get("flicker"), 2), _fmt(row.get("sharpness"), 1),
+            _fmt(row.get("seam_colour"), 2), _fmt(row.get("seam_gradient"), 2), str(silent.get("frames", "-")),
+            _fmt(silent.get("aperture"), 3), _fmt(silent.get("motion"), 3),
         ]) + " |")
     return "\n".join(lines)

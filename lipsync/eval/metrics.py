@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -112,6 +113,73 @@ def mouth_box(points: np.ndarray, size: int, pad: float) -> Box:
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"mouth box of points {points.min(axis=0)}..{points.max(axis=0)} is outside a {size} image")
     return x0, y0, x1, y1
+
+
+# --- what viewers see: jitter, flicker, seam, sharpness (issue 13) ---------------------------------
+
+FLICKER_SIDE = 64  # mouth regions are compared at this size (grey), whatever the face box's size
+
+
+def lip_jitter(lips: Sequence[np.ndarray | None]) -> float | None:
+    """Mean frame-to-frame displacement (pixels) of the centred lip points over consecutive frames
+    that both have a detection: mouth shape change per frame, head motion removed."""
+    steps = []
+    for a, b in zip(lips[:-1], lips[1:]):
+        if a is None or b is None:
+            continue
+        a_c, b_c = a - a.mean(axis=0), b - b.mean(axis=0)
+        steps.append(float(np.linalg.norm(b_c - a_c, axis=-1).mean()))
+    return float(np.mean(steps)) if steps else None
+
+
+def _grey(img: np.ndarray, side: int) -> np.ndarray:
+    return cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (side, side), interpolation=cv2.INTER_AREA
+                      ).astype(np.float32)
+
+
+def flicker(mouths: Sequence[np.ndarray]) -> float | None:
+    """Mean absolute grey-level change (0-255) between consecutive mouth regions, resized to one size."""
+    grey = [_grey(m, FLICKER_SIDE) for m in mouths]
+    if len(grey) < 2:
+        return None
+    return float(np.mean([np.abs(b - a).mean() for a, b in zip(grey[:-1], grey[1:])]))
+
+
+def sharpness(img: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey image: higher is sharper (blurred lips score low)."""
+    return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
+
+
+def seam(frame: np.ndarray, box: Sequence[int], feather: float) -> tuple[float, float] | None:
+    """(colour, gradient) discontinuity across the paste boundary of `box` in `frame`.
+
+    colour: mean |pixel just outside the box - pixel just inside the feathered zone| along the four
+    sides (BGR, 0-255); gradient: 95th percentile of the grey frame's Sobel magnitude within the
+    feathered zone (a hard edge is a thin line of high gradient; a feathered one spreads it).
+    Computed the same way on the real frame, it is the baseline a seamless paste would have.
+    None when the box does not lie inside the frame with room for the band.
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    side = x1 - x0
+    zone = max(2, round(feather * side))
+    h, w = frame.shape[:2]
+    if x0 - 2 < 0 or y0 - 2 < 0 or x1 + 2 > w or y1 + 2 > h or side <= 2 * (zone + 2):
+        return None
+    img = frame.astype(np.float32)
+    outer_in = zone + 2  # just inside the zone, where the paste is (nearly) opaque
+    pairs = [
+        (img[y0 - 2, x0 + outer_in:x1 - outer_in], img[y0 + outer_in, x0 + outer_in:x1 - outer_in]),  # top
+        (img[y1 + 1, x0 + outer_in:x1 - outer_in], img[y1 - 1 - outer_in, x0 + outer_in:x1 - outer_in]),  # bottom
+        (img[y0 + outer_in:y1 - outer_in, x0 - 2], img[y0 + outer_in:y1 - outer_in, x0 + outer_in]),  # left
+        (img[y0 + outer_in:y1 - outer_in, x1 + 1], img[y0 + outer_in:y1 - outer_in, x1 - 1 - outer_in]),  # right
+    ]
+    colour = float(np.mean([np.abs(a - b).mean() for a, b in pairs]))
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    magnitude = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    ring = np.zeros((h, w), bool)
+    ring[y0:y1, x0:x1] = True
+    ring[y0 + zone:y1 - zone, x0 + zone:x1 - zone] = False
+    return colour, float(np.percentile(magnitude[ring], 95))
 
 
 # --- sync (LSE-D / LSE-C) --------------------------------------------------------------------------
