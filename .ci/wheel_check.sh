@@ -20,7 +20,10 @@ trap 'rm -rf "$WORK"' EXIT
 unset PYTHONPATH
 
 echo "wheel check: building the wheel"
-"$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$REPO"
+# With the venv's own setuptools (offline) when it has one; else pip's isolated build (PyPI).
+ISOLATION="--no-build-isolation"
+"$VENV/bin/python" -c "import setuptools" 2>/dev/null || ISOLATION=""
+"$VENV/bin/python" -m pip wheel -q --no-deps $ISOLATION -w "$WORK/dist" "$REPO"
 WHEEL="$(ls "$WORK"/dist/lipsync-*.whl)"
 # The wheel carries the default configs (package data) and the three packages.
 "$VENV/bin/python" - "$WHEEL" <<'EOF'
@@ -102,4 +105,12 @@ from lipsync.io import media
 frames = media.count_video_frames("dub.mp4")
 assert frames == int(sys.argv[1]), f"dub.mp4 has {frames} frames, expected {sys.argv[1]}"
 EOF
+"$LIPSYNC" info bundle | grep -q "preset          tiny"
+"$LIPSYNC" info ds --json | "$FRESH/bin/python" -c "import json, sys; assert json.load(sys.stdin)['frames'] == $CLIP_FRAMES"
+# a missing --config file: exit 2 and one line naming it (not a packaged configs/foo.yaml)
+set +e
+"$LIPSYNC" render --config foo --character bundle --audio clip.wav -o x.mp4 2> config.err
+rc=$?
+set -e
+[ "$rc" -eq 2 ] && [ "$(wc -l < config.err)" -eq 1 ] && grep -q "^error: foo: cannot read config file" config.err
 echo "wheel check: ok"
