@@ -168,6 +168,9 @@ class RenderConfig:
     # the width of its feathered edge as a fraction of S.
     rest_box: tuple[Fraction, Fraction, Fraction, Fraction] = (0.08, 0.22, 0.92, 0.9)
     rest_feather: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.08
+    # Paste-back colour matching: the generated crop's per-channel mean over a border band of this
+    # width (fraction of S) is shifted to the template's there (0 = off; docs/QUALITY.md, seam).
+    colour_match_band: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.1
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,20 @@ def test_seam_measures_a_colour_step_at_the_paste_box():
     feathered = metrics.seam(pasted, box, GeometryConfig().feather)
     assert feathered[0] > clean[0] + 30.0 and feathered[1] < stepped[1]
     assert metrics.seam(frame, (-10, 0, 130, 140), 0.08) is None  # box past the frame edge
+
+
+def test_colour_matching_removes_a_generators_colour_drift_at_the_seam():
+    from lipsync.render.paint import match_colour
+
+    yy, xx = np.mgrid[0:300, 0:300]
+    frame = np.stack([(xx * 0.3 + yy * 0.2) % 256, (xx * 0.1) % 256, (yy * 0.25) % 256], axis=2).astype(np.uint8)
+    box = (80, 80, 220, 220)
+    template = frame[80:220, 80:220]
+    drifted = np.clip(template.astype(int) + np.array([25, -15, 30]), 0, 255).astype(np.uint8)  # generator drift
+    matched = match_colour(drifted, template, band=14)
+    assert np.abs(matched.astype(int) - template.astype(int)).mean() < 1.0
+    cfg = GeometryConfig()
+    clean = metrics.seam(frame, box, cfg.feather)[0]
+    assert metrics.seam(geometry.paste_back(frame, box, drifted, cfg), box, cfg.feather)[0] > clean + 15
+    assert metrics.seam(geometry.paste_back(frame, box, matched, cfg), box, cfg.feather)[0] < clean + 1
+    assert match_colour(drifted, template, band=0) is drifted  # off

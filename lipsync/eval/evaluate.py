@@ -157,7 +157,8 @@ def _generated_frames(character: Character, frames: list[np.ndarray], boxes: lis
     weights = np.zeros(len(frames), np.float32) if rest is None or mouth is None else rest
     result = []
     for frame, box, (crop_full, _), out, w in zip(frames, boxes, crops, outputs, weights):
-        painted = painted_frame(character, frame, box, crop_full, out, mouth, float(w))
+        painted = painted_frame(character, frame, box, crop_full, out, mouth, float(w),
+                                render_cfg.colour_match_band)
         result.append(frame if painted is None else painted)
     return result
 

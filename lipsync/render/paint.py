@@ -46,13 +46,26 @@ def paint(character: Character, inputs: np.ndarray, audio: np.ndarray, cfg: Rend
     return out.float().cpu().numpy()
 
 
+def match_colour(generated: np.ndarray, template: np.ndarray, band: int) -> np.ndarray:
+    """(S, S, 3) uint8 generated crop with each channel shifted so that its mean over the border band
+    (`band` px wide) equals the template's there: the generator's colour drift leaves no seam."""
+    if band <= 0:
+        return generated
+    ring = np.ones(generated.shape[:2], bool)
+    ring[band:-band, band:-band] = False
+    shift = template[ring].astype(np.float32).mean(axis=0) - generated[ring].astype(np.float32).mean(axis=0)
+    return np.clip(np.rint(generated.astype(np.float32) + shift), 0, 255).astype(np.uint8)
+
+
 def painted_frame(character: Character, frame: np.ndarray, box: np.ndarray, crop_full: np.ndarray,
                   output: np.ndarray | None, rest: RestingMouth | None = None,
-                  rest_weight: float = 0.0) -> np.ndarray | None:
+                  rest_weight: float = 0.0, colour_band: float = 0.0) -> np.ndarray | None:
     """The generated (3, S, S) mouth pasted into `frame`; None when the output is not finite.
 
-    With a resting mouth and a rest weight > 0 (a pause, lipsync.render.rest), the generated crop
-    is cross-faded with the rested one; at weight 1 the output is not used (it may be None).
+    `colour_band` (fraction of S, RenderConfig.colour_match_band): colour-match the generated crop
+    to the template over that border band first. With a resting mouth and a rest weight > 0 (a
+    pause, lipsync.render.rest), the generated crop is cross-faded with the rested one; at weight 1
+    the output is not used (it may be None).
     """
     if rest is not None and rest_weight >= 1.0:
         return geometry.paste_back(frame, box, rested_crop(crop_full, crop_full, rest, 1.0), character.geometry)
@@ -60,7 +73,8 @@ def painted_frame(character: Character, frame: np.ndarray, box: np.ndarray, crop
         return None
     m, s = character.margin, character.size
     generated = crop_full.copy()
-    generated[m:m + s, m:m + s] = to_image(output)
+    generated[m:m + s, m:m + s] = match_colour(to_image(output), crop_full[m:m + s, m:m + s],
+                                               round(colour_band * s))
     if rest is not None and rest_weight > 0.0:
         generated = rested_crop(crop_full, generated, rest, rest_weight)
     return geometry.paste_back(frame, box, generated, character.geometry)

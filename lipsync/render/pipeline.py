@@ -155,7 +155,7 @@ def _read_batches(character: Character, feats: np.ndarray, a: int, b: int, start
 
 
 def _paste(character: Character, batch: _Batch, outputs: np.ndarray | None, stats: SegmentStats,
-           mouth: RestingMouth | None) -> Iterator[np.ndarray]:
+           mouth: RestingMouth | None, colour_band: float) -> Iterator[np.ndarray]:
     for i in range(len(batch.indices)):
         frame = batch.frames[i]
         if batch.passthrough[i]:
@@ -165,7 +165,7 @@ def _paste(character: Character, batch: _Batch, outputs: np.ndarray | None, stat
         weight = 0.0 if batch.rest is None else float(batch.rest[i])
         stats.resting += weight >= 1.0
         painted = painted_frame(character, frame, batch.boxes[i], batch.crops[i],
-                                None if outputs is None else outputs[i], mouth, weight)
+                                None if outputs is None else outputs[i], mouth, weight, colour_band)
         if painted is None:
             stats.nonfinite += 1
             yield frame
@@ -246,7 +246,7 @@ def render_segment(character: Character, feats: np.ndarray, a: int, b: int, out_
                 if item is _END:
                     return
                 batch, outputs = item
-                for frame in _paste(character, batch, outputs, stats, mouth):
+                for frame in _paste(character, batch, outputs, stats, mouth, cfg.colour_match_band):
                     writer.write(frame)
                 stats.frames += len(batch.indices)
                 if progress:
