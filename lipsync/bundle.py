@@ -35,6 +35,7 @@ from torch import nn
 from lipsync import config as config_io
 from lipsync.audio import frontend
 from lipsync.config import (
+    LEGACY_AUDIO_DEFAULTS,
     LEGACY_GEOMETRY_KEYS,
     AudioConfig,
     ConfigError,
@@ -405,7 +406,7 @@ def load_character(uri: str, device: str | torch.device = "cpu") -> Character:
     if weights_version(local) != info.get("version"):
         raise InputError(uri, "bundle weights do not match its version (corrupt or modified files)")
     gen_cfg = _config(GeneratorConfig, info.get("generator"), uri, "generator")
-    audio = _config(AudioConfig, info.get("audio"), uri, "audio")
+    audio = _config(AudioConfig, {**LEGACY_AUDIO_DEFAULTS, **(info.get("audio") or {})}, uri, "audio")
     try:
         backend, audio_weights = frontend.backend_of(info)
     except InputError as exc:

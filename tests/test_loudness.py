@@ -97,3 +97,15 @@ def test_datasets_and_bundles_from_before_normalisation_read_it_as_off(tmp_path)
     audio_cfg, _ = dataset_configs({"config": {"audio": json.loads(json.dumps(audio))}})
     assert audio_cfg.loudness_lufs is None
     assert dataset_configs({"config": {"audio": {"loudness_lufs": -20.0}}})[0].loudness_lufs == -20.0
+
+
+def test_a_bundle_from_before_normalisation_loads_with_it_off(tmp_path, media_dir):
+    dataset = prepare_clip(tmp_path, media_dir / OBAMA, 25, "obama1s")
+    out = tmp_path / "bundle"
+    save_bundle(str(out), name="old", preset="tiny", generator=build_generator("tiny"), audio_encoder=AudioEncoder(),
+                syncnet=None, audio=AudioConfig(), geometry=GeometryConfig(), dataset_dir=str(dataset),
+                train_info={})
+    info = json.loads((out / "bundle.json").read_text())
+    del info["audio"]["loudness_lufs"]  # as written before the field existed
+    (out / "bundle.json").write_text(json.dumps(info))
+    assert load_character(str(out)).audio.loudness_lufs is None
