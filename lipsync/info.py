@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lipsync.bundle import BUNDLE_FILE
 from lipsync.data import layout
 from lipsync.dub.report import STATUSES
 from lipsync.errors import InputError
 from lipsync.io import storage
 
 KINDS = ("bundle", "dataset", "dub_report")
+BUNDLE_FILE = "bundle.json"  # lipsync.bundle.BUNDLE_FILE, not imported: that module imports torch (seconds)
 SYNC_CHANCE_ACCURACY = 0.5  # balanced accuracy of a SyncNet that cannot tell in-sync from shifted audio
 
 

@@ -24,15 +24,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lipsync.config import DubConfig, EvalConfig, PrepareConfig, RenderConfig, TrainConfig, load_config
-from lipsync.data.prepare import prepare as run_prepare
 from lipsync.dub import dub_flags
 from lipsync.dub.report import summary
 from lipsync.errors import InputError
-from lipsync.eval import evaluate, markdown_table
-from lipsync.eval.evaluate import json_safe
 from lipsync.io import storage
-from lipsync.render import render as run_render
-from lipsync.train import train_character
+
+# The commands import their library (torch, librosa, torchmetrics, mediapipe: seconds) when they
+# run, so that `--version`, `--help` and option errors answer at once.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lip-sync dubbing engine.",
                   pretty_exceptions_enable=False)
@@ -180,6 +178,8 @@ def prepare(
     """Turn a talking-head video into a character dataset."""
     with reported_errors("prepare"):
         cfg = load_config(PrepareConfig, config, set_)
+        from lipsync.data.prepare import prepare as run_prepare
+
         with progress_bar(f"prepare {name}") as update:
             result = run_prepare(video, name, out, cfg, overwrite=overwrite, preview_uri=preview,
                                  progress=lambda d, t: update(d, max(d, t)))
@@ -224,6 +224,8 @@ def render(
         if preview:
             storage.check_output_path(preview)
         warn_if_undertrained(character)
+        from lipsync.render import render as run_render
+
         with progress_bar("render") as update:
             result = run_render(character, audio, output, cfg, enhance=enhance and crf is None,
                                 start_frame=start_frame, overwrite=overwrite, progress=lambda d, t: update(d, t))
@@ -313,6 +315,8 @@ def train(
             "preset": preset, "generator_steps": steps, "syncnet_steps": syncnet_steps, "device": device,
             "audio_encoder": audio_encoder,
             "audio_features": {"backend": audio_features, "weights": audio_weights}})
+        from lipsync.train import train_character
+
         with progress_bar(f"train {preset}") as update:
             result = train_character(dataset, out, cfg, run_dir=run_dir, resume=resume, overwrite=overwrite,
                                      progress=lambda d, t, extra: update(d, t, extra=extra),
@@ -351,6 +355,9 @@ def eval_(
     The generator runs with lipsync/configs/render.yaml's settings (and --precision), as in a dub.
     """
     with reported_errors("eval"):
+        from lipsync.eval import evaluate, markdown_table
+        from lipsync.eval.evaluate import json_safe
+
         if dataset is None and audio is None:
             raise InputError(None, "give --dataset (held-out metrics), --audio (unseen speech) or both")
         cfg = load_config(EvalConfig, config, set_, {"device": device})

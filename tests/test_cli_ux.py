@@ -211,3 +211,13 @@ def test_train_prints_its_plan_first(dataset, tmp_path):
                     "0 held out", result.stderr
     assert "2 SyncNet + 1 generator steps" in " ".join(result.stderr.split())
     assert "generator 1/1" in result.stderr  # the bar names its stage
+
+
+def test_version_help_and_info_do_not_import_torch():
+    """They answer at once: the commands import their libraries (torch: seconds) when they run."""
+    from lipsync import bundle, info
+
+    assert info.BUNDLE_FILE == bundle.BUNDLE_FILE
+    code = "import sys, lipsync_cli.main, lipsync.info; print('torch' in sys.modules, 'mediapipe' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
