@@ -217,12 +217,16 @@ class DubConfig:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Generator loss = l1 * L1 + ssim * (1 - SSIM) + sync * syncBCE + vgg * perceptual."""
+    """Generator loss = l1 * L1 + ssim * (1 - SSIM) + sync * syncBCE + vgg * perceptual
+    + mouth * L1 over `mouth_region` (the lips in the model crop; docs/QUALITY.md, issue 16)."""
 
     l1: NonNegativeFloat = 1.0
     ssim: NonNegativeFloat = 0.2
     sync: NonNegativeFloat = 0.03
     vgg: NonNegativeFloat = 0.01  # used only when TrainConfig.vgg_weights is set
+    mouth: NonNegativeFloat = 0.0
+    # (x0, y0, x1, y1) fractions of S: where the mouth sits in the lower-face model crop
+    mouth_region: tuple[Fraction, Fraction, Fraction, Fraction] = (0.15, 0.2, 0.85, 0.65)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,13 @@ def balanced_accuracy(sim: torch.Tensor, label: torch.Tensor, threshold: float =
     return float(sum(parts) / len(parts)) if parts else float("nan")
 
 
+def mouth_l1(pred: torch.Tensor, target: torch.Tensor, region: tuple[float, float, float, float]) -> torch.Tensor:
+    """L1 over the mouth region of (N, 3, S, S) crops (fractions of S: x0, y0, x1, y1)."""
+    s = pred.shape[-1]
+    x0, y0, x1, y1 = (round(f * s) for f in region)
+    return F.l1_loss(pred[..., y0:y1, x0:x1].float(), target[..., y0:y1, x0:x1].float())
+
+
 class GeneratorLoss(nn.Module):
     """L1 + SSIM + sync (+ VGG perceptual): returns the weighted total and its parts (detached).
 
@@ -70,6 +77,9 @@ class GeneratorLoss(nn.Module):
         if self.syncnet is not None and w.sync > 0 and use_sync:
             parts["sync"] = sync_loss(self.syncnet, pred, mel)
             total = total + w.sync * parts["sync"]
+        if w.mouth > 0:
+            parts["mouth"] = mouth_l1(pred, target, w.mouth_region)
+            total = total + w.mouth * parts["mouth"]
         if self.perceptual is not None and w.vgg > 0:
             parts["vgg"] = self.perceptual(pred, target)
             total = total + w.vgg * parts["vgg"]
