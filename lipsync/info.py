@@ -1,7 +1,7 @@
 """`lipsync info PATH`: what a character bundle, a prepared dataset or a dub report holds.
 
-`describe(uri)` reads only the small JSON files (bundle.json, meta.json, the report itself: no
-weights, no frames) and returns a plain dict with a "kind" ("bundle" | "dataset" | "dub_report");
+`describe(uri)` reads only the small JSON files (bundle.json, meta.json, the report itself, or
+the newest report under a dub output root: no weights, no frames) and returns a plain dict with a "kind" ("bundle" | "dataset" | "dub_report");
 `lines(info)` is its human form. InputError (one line, exit 2) for a path that is none of them.
 """
 
@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from lipsync.data import layout
-from lipsync.dub.report import STATUSES
+from lipsync.dub.report import REPORTS_DIR, STATUSES
 from lipsync.errors import InputError
 from lipsync.io import storage
 
@@ -29,12 +29,24 @@ def describe(uri: str) -> dict[str, Any]:
             return bundle_info(uri, _read_json(storage.join(uri, BUNDLE_FILE)))
         if storage.exists(storage.join(uri, layout.META_FILE)):
             return dataset_info(uri, _read_json(storage.join(uri, layout.META_FILE)))
+        newest = newest_report(uri)
+        if newest is not None:  # a dub output root: its latest run
+            uri = newest
         if str(uri).endswith(".json"):
             report = _read_json(uri)
             if isinstance(report, dict) and isinstance(report.get("counts"), dict) and "items" in report:
                 return report_info(uri, report)
-    raise InputError(uri, f"not a character bundle (no {BUNDLE_FILE}), a prepared dataset (no {layout.META_FILE}) "
-                          "or a dub report (<output_root>/_reports/*.json)")
+    raise InputError(uri, f"not a character bundle (no {BUNDLE_FILE}), a prepared dataset (no {layout.META_FILE}), "
+                          f"a dub report or a dub output root (no {REPORTS_DIR}/*.json)")
+
+
+def newest_report(output_root: str) -> str | None:
+    """The latest run's report under a dub output root (`_reports/<UTC timestamp>.json`), or None."""
+    reports_dir = storage.join(output_root, REPORTS_DIR)
+    if not storage.exists(reports_dir):
+        return None
+    reports = [n for n in storage.ls(reports_dir) if n.endswith(".json") and not n.endswith("-progress.json")]
+    return storage.join(reports_dir, reports[-1]) if reports else None
 
 
 def _read_json(uri: str) -> Any:

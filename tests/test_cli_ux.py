@@ -163,6 +163,14 @@ def test_info_dub_report(tmp_path):
     facts = json.loads(run_cli("info", str(path), "--json", cwd=tmp_path).stdout)
     assert facts["counts"] == {"ok": 1, "failed": 1, "skipped": 1}
     assert facts["failures"] == [{"row": 1, "id": "b", "error": "audio.wav: not found"}]
+    # a dub output root: its newest run's report (not an older one, not a progress record)
+    reports = tmp_path / "dubs" / "_reports"
+    reports.mkdir(parents=True)
+    (reports / "20260101T000000.000000Z.json").write_text(path.read_text())
+    (reports / "20250101T000000.000000Z.json").write_text(json.dumps(build_report(items=[], run={}, timings={})))
+    (reports / "20260101T000000.000000Z-progress.json").write_text("{}")
+    newest = json.loads(run_cli("info", str(tmp_path / "dubs"), "--json", cwd=tmp_path).stdout)
+    assert newest["path"].endswith("20260101T000000.000000Z.json") and newest["counts"] == facts["counts"]
 
 
 @pytest.mark.parametrize("make", ["missing", "file", "empty_dir", "other_json"])
