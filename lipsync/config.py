@@ -171,6 +171,9 @@ class RenderConfig:
     # Paste-back colour matching: the generated crop's per-channel mean over a border band of this
     # width (fraction of S) is shifted to the template's there (0 = off; docs/QUALITY.md, seam).
     colour_match_band: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.1
+    # Centred moving average of the per-frame audio features over this many frames (odd; 1 = off):
+    # steadier mouths at the cost of crisp onsets (measured in docs/QUALITY.md, temporal stability).
+    feature_smooth_frames: PositiveInt = 1
 
 
 @dataclass(frozen=True)

@@ -73,3 +73,16 @@ def test_colour_matching_removes_a_generators_colour_drift_at_the_seam():
     assert metrics.seam(geometry.paste_back(frame, box, drifted, cfg), box, cfg.feather)[0] > clean + 15
     assert metrics.seam(geometry.paste_back(frame, box, matched, cfg), box, cfg.feather)[0] < clean + 1
     assert match_colour(drifted, template, band=0) is drifted  # off
+
+
+def test_feature_smoothing_is_a_centred_average_that_shards_agree_on():
+    from lipsync.render.pipeline import smooth_features
+
+    feats = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    assert smooth_features(feats, 1) is feats
+    smooth = smooth_features(feats, 5)
+    np.testing.assert_allclose(smooth[10], feats[8:13].mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(smooth[0], feats[0:3].mean(axis=0), rtol=1e-5)  # edge: what exists
+    assert smooth.dtype == np.float32 and smooth.shape == feats.shape
+    with pytest.raises(ValueError):
+        smooth_features(feats, 4)

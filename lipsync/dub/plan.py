@@ -111,7 +111,9 @@ def input_key(item: CatalogItem, audio_sha256: str, bundle_version: str, render:
         "bundle_version": bundle_version,
         "params": {"start_frame": item.start_frame, "crf": item_crf(item, render), "preset": render.x264_preset,
                    "pix_fmt": render.pix_fmt, "audio_bitrate": render.audio_bitrate,
-                   "silence": silence_params(render)},
+                   "silence": silence_params(render), "precision": render.precision,
+                   "colour_match_band": render.colour_match_band,
+                   "feature_smooth_frames": render.feature_smooth_frames},
         "output": item.output,
     }
 
@@ -307,7 +309,8 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
     # 5. a work prefix left by a run with other inputs holds segments of other pixels: drop it
     reset_stale_work(work, key)
     # 6. features, shared with the render actors through storage
-    feats = audio_features(character, wav, cfg.render.feature_batch_size)  # (N, 512)
+    feats = audio_features(character, wav, cfg.render.feature_batch_size,
+                           cfg.render.feature_smooth_frames)  # (N, D)
     feats_uri = storage.join(work, FEATS_FILE)
     save_array(feats_uri, feats)
     rest = vad.frame_rest_weights(wav, len(feats), character.audio, cfg.render)  # (N,) or None

@@ -309,7 +309,8 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
 
     # 2. the clip's audio: features for the generator (own and shuffled) and mel for the SyncNet
     wav = media.read_audio(root / layout.AUDIO_FILE, character.audio.sample_rate)
-    feats = audio_features(character, wav, render_cfg.feature_batch_size)  # (N_audio, 512)
+    feats = audio_features(character, wav, render_cfg.feature_batch_size,
+                           render_cfg.feature_smooth_frames)  # (N_audio, D)
     n_audio = len(feats)
     roll = int(round(n_audio * cfg.shuffle_shift))
     shuffled_feats = np.roll(feats, roll, axis=0)  # frame j gets the audio of frame j - roll

@@ -112,7 +112,7 @@ def load_audio(audio_path: str | Path, cfg: RenderConfig, sample_rate: int) -> n
 AUDIO_CHUNK_SAMPLES = frontend.AUDIO_CHUNK_SAMPLES  # samples per push in audio_features (~33 s at 16 kHz)
 
 
-def audio_features(character: Character, wav, batch_size: int = 64) -> np.ndarray:
+def audio_features(character: Character, wav, batch_size: int = 64, smooth_frames: int = 1) -> np.ndarray:
     """Per-output-frame features (N, feature_dim), N = ceil(duration * fps), computed in chunks by
     the character's own audio front-end (bundle.json audio_features: ave | hubert | wenet).
 
@@ -123,8 +123,23 @@ def audio_features(character: Character, wav, batch_size: int = 64) -> np.ndarra
     """
     backend = getattr(character, "audio_backend", "ave")
     model = character.audio_encoder if backend == "ave" else character.audio_frontend()
-    return frontend.frame_features(backend, model, wav, character.audio, batch_size=batch_size,
-                                   chunk_frames=FEATURE_CHUNK_FRAMES)
+    feats = frontend.frame_features(backend, model, wav, character.audio, batch_size=batch_size,
+                                    chunk_frames=FEATURE_CHUNK_FRAMES)
+    return smooth_features(feats, smooth_frames)
+
+
+def smooth_features(feats: np.ndarray, window: int) -> np.ndarray:
+    """(N, D) features averaged over a centred window of `window` frames (odd; edges use what
+    exists). A pure function of the whole item's features, so shards cut anywhere agree."""
+    if window <= 1:
+        return feats
+    if window % 2 == 0:
+        raise ValueError(f"feature_smooth_frames must be odd, got {window}")
+    half = window // 2
+    csum = np.concatenate([np.zeros((1, feats.shape[1]), np.float64), np.cumsum(feats, axis=0, dtype=np.float64)])
+    k = np.arange(len(feats))
+    lo, hi = np.maximum(k - half, 0), np.minimum(k + half + 1, len(feats))
+    return ((csum[hi] - csum[lo]) / (hi - lo)[:, None]).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +318,7 @@ def render(character_uri: str, audio_uri: str, out_uri: str, cfg: RenderConfig =
     with storage.local_copy(audio_uri) as audio_path:
         wav = loudness.normalise(load_audio(audio_path, cfg, character.audio.sample_rate), character.audio,
                                  inplace=True)  # to the level the character was trained at
-        feats = audio_features(character, wav, cfg.feature_batch_size)
+        feats = audio_features(character, wav, cfg.feature_batch_size, cfg.feature_smooth_frames)
         rest = vad.frame_rest_weights(wav, len(feats), character.audio, cfg)  # None when silence is keep
         # 3. render all frames into one file, audio muxed in the same pass, then publish
         with storage.atomic_file(out_uri) as tmp:
