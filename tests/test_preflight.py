@@ -61,6 +61,23 @@ def test_training_split_too_short_for_the_negatives():
         check_training(cfg, meta(50), "ds")
 
 
+def test_a_far_fix_is_found_quickly_and_is_the_smallest():
+    import re
+    import time
+
+    cfg = dataclasses.replace(CFG, negatives=NegativeSampling(min_shift=2000, max_shift=2000))
+    started = time.monotonic()
+    with pytest.raises(InputError) as error:
+        check_training(cfg, meta(500), "ds")
+    assert time.monotonic() - started < 10
+    needed = int(re.search(r"use at least [0-9.]+ s of video \((\d+) frames", str(error.value)).group(1))
+    assert find_problem(needed, cfg) is None and find_problem(needed - 1, cfg) is not None
+    # beyond the longest video prepare takes (max_duration_s): no video to suggest
+    cfg = dataclasses.replace(CFG, negatives=NegativeSampling(min_shift=200_000, max_shift=200_000))
+    with pytest.raises(InputError, match="neither a video prepare accepts"):
+        check_training(cfg, meta(500), "ds")
+
+
 def test_workers_share_the_training_frames():
     check_training(CFG, meta(500), "ds", world_size=4)
     with pytest.raises(InputError, match="over 64 worker"):
@@ -73,5 +90,8 @@ def test_no_syncnet_stage_needs_no_negatives():
 
 def test_has_negatives_is_negative_frames_condition():
     assert has_negatives(np.arange(10), 5) and not has_negatives(np.arange(9), 5)
+    for length in range(1, 30):  # the contiguous shortcut find_problem takes for the training split
+        for shift in range(1, 12):
+            assert has_negatives(np.arange(length), shift) == (length >= 2 * shift), (length, shift)
     assert has_negatives(np.array([0, 3, 6, 9]), 5)  # evenly spaced held-out frames
     assert not has_negatives(np.arange(0), 1)

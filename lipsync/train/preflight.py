@@ -2,7 +2,7 @@
 meta.json and the config alone (no frame is decoded, no model built), each with its fix.
 
     plan = check_training(cfg, meta, dataset_uri, world_size)   # InputError naming the dataset
-    print(plan.line())   # "plan: syncnet 2000 + generator 300 = 2300 steps; 405 training frames ..."
+    print(plan.line())   # "plan: syncnet 2000 + generator 300 = 2300 steps (--syncnet-steps, --steps); ..."
 
 A split too short for SyncNet's negatives used to fail only after the whole SyncNet stage (its
 validation ran at the stage's last step); the batch checks ran after every crop was decoded.
@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from lipsync.config import TrainConfig
+from lipsync.config import PrepareConfig, TrainConfig
 from lipsync.data.dataset import MIN_TRAIN_FRAMES, Split, split_frames, val_frames
 from lipsync.errors import InputError
 
-MAX_EXTRA_FRAMES = 200_000  # how far the "use at least N s of video" search looks (2.2 h at 25 fps)
 FRACTION_STEP = 0.01  # val_fraction suggestions are multiples of this
 
 
@@ -59,20 +58,23 @@ class Problem:
 def check_training(cfg: TrainConfig, meta: dict[str, Any], dataset: str, world_size: int = 1) -> TrainPlan:
     """The run's plan, or InputError(dataset, "<problem>: use at least N s of video ..., or --set ...")."""
     n = int(meta["n_frames"])
-    fps = float(meta.get("fps") or cfg_fps(meta))
+    fps = dataset_fps(meta)
     problem = find_problem(n, cfg, world_size)
     if problem is not None:
         options = _more_video(n, fps, cfg, world_size) + _config_fixes(n, cfg, world_size, problem)
-        fix = ", or ".join(options) if options else "no setting of this config can train on it"
+        longest = PrepareConfig().max_duration_s
+        fix = ", or ".join(options) if options else \
+            f"neither a video prepare accepts (up to {longest:g} s) nor one --set change would train"
         raise InputError(dataset, f"{problem.text}: {fix}")
     split = split_frames(n, cfg.val_fraction)
     return TrainPlan(dataset=str(dataset), n_frames=n, fps=fps, n_train=split.n_train, n_val=split.val.size,
                      syncnet_steps=cfg.syncnet_steps, generator_steps=cfg.generator_steps, world_size=world_size)
 
 
-def cfg_fps(meta: dict[str, Any]) -> float:
-    """The frame rate a dataset was prepared at (meta.json `fps`, else its recorded prepare config)."""
-    return float(((meta.get("config") or {}).get("fps")) or 25)
+def dataset_fps(meta: dict[str, Any]) -> float:
+    """The frame rate a dataset was prepared at: meta.json `fps`, else its recorded prepare config's,
+    else prepare's default."""
+    return float(meta.get("fps") or (meta.get("config") or {}).get("fps") or PrepareConfig().fps)
 
 
 def find_problem(n: int, cfg: TrainConfig, world_size: int = 1) -> Problem | None:
@@ -101,7 +103,9 @@ def _negatives_problem(split: Split, cfg: TrainConfig) -> Problem | None:
     if not cfg.syncnet_steps:
         return None
     shift = cfg.negatives.min_shift
-    if not has_negatives(split.train, shift):
+    # the training split is contiguous: has_negatives(arange(L), m) is L >= 2m (the middle frame's
+    # farthest partner is L // 2 away), checked without building the array
+    if split.n_train < 2 * shift:
         return Problem("train_negatives", f"the training split of {split.n_train} frames is too short for SyncNet "
                                           f"negatives {shift}+ frames away (negatives.min_shift)", split.n_train // 2)
     held_out = val_frames(split, cfg.val_max_frames)
@@ -121,8 +125,27 @@ def has_negatives(frames: np.ndarray, min_shift: int) -> bool:
 
 
 def _more_video(n: int, fps: float, cfg: TrainConfig, world_size: int) -> list[str]:
-    needed = next((m for m in range(n + 1, n + MAX_EXTRA_FRAMES) if find_problem(m, cfg, world_size) is None), None)
+    """"use at least N s of video": the fewest frames that train, up to the longest video prepare takes."""
+    needed = smallest_frame_count(n, cfg, world_size, int(PrepareConfig().max_duration_s * fps))
     return [f"use at least {needed / fps:.1f} s of video ({needed} frames at {fps:g} fps)"] if needed else []
+
+
+def smallest_frame_count(n: int, cfg: TrainConfig, world_size: int, limit: int) -> int | None:
+    """The fewest frames (> n, <= limit) with which `cfg` trains, or None. Every check only gets
+    easier with more frames, so: double the step until one works, then bisect."""
+    def trains(m: int) -> bool:
+        return find_problem(m, cfg, world_size) is None
+
+    failing, step = n, 1
+    while n + step < limit and not trains(n + step):
+        failing, step = n + step, step * 2
+    working = min(n + step, limit)
+    if not trains(working):
+        return None
+    while working - failing > 1:
+        middle = (failing + working) // 2
+        failing, working = (failing, middle) if trains(middle) else (middle, working)
+    return working
 
 
 def _config_fixes(n: int, cfg: TrainConfig, world_size: int, problem: Problem) -> list[str]:
