@@ -81,6 +81,8 @@ from lipsync.errors import MediaError
 from lipsync.io import media, storage
 from lipsync.render import render_segment
 from lipsync.render.paint import prepare_for_inference
+from lipsync.eval.aperture import dub_mouth_stats
+from lipsync.eval.evaluate import json_safe
 from lipsync.render.preview import template_boxes, write_video_preview
 from lipsync.runtime import resolve_device
 
@@ -407,7 +409,19 @@ def stitch_one(plan: P.ItemPlan, cfg: DubConfig, preview: str | None = None) -> 
         result = call_with_retries(stitch, what=f"stitch {plan.item.id}")
     except Exception as e:  # noqa: BLE001 - the item's failure, reported by the driver in one line
         return StitchFailure(one_line(e), time.perf_counter() - started)
-    return write_item_preview(plan, result, preview) if preview else result
+    result = write_item_preview(plan, result, preview) if preview else result
+    return with_mouth_stats(plan, result) if cfg.mouth_stats else result
+
+
+def with_mouth_stats(plan: P.ItemPlan, result: StitchResult) -> StitchResult:
+    """The published dub's mouth aperture vs its character's footage (lipsync.eval.aperture); when it
+    cannot be measured it is logged and left out (the dub itself succeeded)."""
+    try:
+        stats = dub_mouth_stats(result.output, plan.item.character)
+    except Exception as e:  # noqa: BLE001 - optional figures
+        logger.warning("no mouth statistics for %s: %s", plan.item.id, one_line(e))
+        return result
+    return dataclasses.replace(result, mouth=json_safe(stats))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -700,7 +714,8 @@ class _Driver:
         del self.inflight[item_id]
         self._finish(ItemResult(item_id, "ok", result.output, frames=result.frames, row=plan.item.row,
                                 seconds=state.seconds + result.seconds, segments_rendered=state.rendered,
-                                segments_reused=state.reused, warning=plan.warning, preview=result.preview))
+                                segments_reused=state.reused, warning=plan.warning, preview=result.preview,
+                                mouth=result.mouth))
 
     # --- storage ------------------------------------------------------------------------------
 

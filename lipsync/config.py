@@ -207,6 +207,9 @@ class DubConfig:
     # a PNG per dubbed item, <output_root>/_reports/previews/<id>.png (lipsync.render.preview): 4 frames from
     # one decode of the published output in its stitch task; the item's report entry names it
     preview: bool = True
+    # per item, the mouth aperture of the published dub vs the character's footage (lipsync.eval.aperture,
+    # as `lipsync eval --audio`): Face Mesh on every output frame in the stitch task, so off by default
+    mouth_stats: bool = False
     render: RenderConfig = field(default_factory=RenderConfig)
 
     def __post_init__(self) -> None:

@@ -98,11 +98,12 @@ def catalog_rows(character: str, audio: dict[str, str], blocked_output: str | No
     return rows
 
 
-def submit(ray_head, catalog: str, output_root: str, env: dict | None = None) -> tuple[int, str]:
+def submit(ray_head, catalog: str, output_root: str, env: dict | None = None,
+           extra: tuple[str, ...] = ()) -> tuple[int, str]:
     import servers
 
     args = ["python", "jobs/batch_dub.py", "--catalog", catalog, "--output-root", output_root,
-            "--shard-frames", str(SHARD), "--actors", "2", "--device", "cpu"]
+            "--shard-frames", str(SHARD), "--actors", "2", "--device", "cpu", *extra]
     return servers.run_ray_job(ray_head, args, working_dir=REPO, env=env, timeout=JOB_TIMEOUT_S)
 
 
@@ -142,7 +143,7 @@ def first_run(ray_head, character, audio_dir, tmp_path_factory):
     audio = {k: str(audio_dir / f"{k}.wav") for k in ("radio", "news", "bad")}
     catalog = write_catalog(root / "catalog.csv",  # outputs stay under the output root (the default rule)
                             catalog_rows(character, audio, blocked_output=str(out / "blocker" / "b.mp4")))
-    rc, log = submit(ray_head, str(catalog), str(out))
+    rc, log = submit(ray_head, str(catalog), str(out), extra=("--set", "mouth_stats=true"))
     return {"rc": rc, "log": log, "out": out, "catalog": catalog, "root": root, "report": latest_report(str(out)),
             "character": character}
 
@@ -193,6 +194,12 @@ def test_first_run_publishes_valid_items_and_reports_failures(first_run):
         assert items[item_id]["preview"] == str(preview)
         assert cv2.imread(str(preview)).shape == (4 * 240, 240 + 240, 3)  # 450x450 frames at 240 px + the crop
     assert items["broken"]["preview"] is None
+    # issue 16: with mouth_stats, each published item reports its mouth aperture against the footage
+    for item_id in CLIPS:
+        mouth = items[item_id]["mouth"]
+        assert mouth["dub"]["frames"] == expected_frames(item_id) and mouth["real"]["frames"] > 0
+        assert mouth["std_ratio"] == pytest.approx(mouth["dub"]["std"] / mouth["real"]["std"])
+    assert items["broken"]["mouth"] is None
 
 
 def test_stitched_output_equals_single_process_render(first_run, character, audio_dir, tmp_path):

@@ -51,6 +51,7 @@ class ItemResult:
     segments_reused: int = 0
     warning: str | None = None  # e.g. the character looks undertrained (lipsync.bundle.undertrained_warning)
     preview: str | None = None  # URI of the item's preview PNG (preview_uri; DubConfig.preview)
+    mouth: dict | None = None  # mouth aperture of the dub vs the footage (DubConfig.mouth_stats; lipsync.eval.aperture)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

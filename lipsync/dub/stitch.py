@@ -37,6 +37,7 @@ class StitchResult:
     size: int = 0  # bytes of the published file
     sha256: str = ""  # of the published file
     preview: str | None = None  # the item's preview PNG, when one was written (cluster.dub.stitch_one)
+    mouth: dict | None = None  # mouth aperture vs the footage (lipsync.eval.aperture), when DubConfig.mouth_stats
 
 
 def stitch_segments(segment_uris: list[str], audio_uri: str, out_uri: str, *, n_frames: int, audio_duration: float,

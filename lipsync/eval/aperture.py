@@ -14,6 +14,7 @@ share of its frames whose aperture lies inside the real footage's 5th-95th perce
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -66,6 +67,21 @@ def compare_apertures(dub: np.ndarray, real: np.ndarray) -> dict:
 def template_apertures(character: Character) -> np.ndarray:
     """Apertures of the character's real footage: its template frames in order."""
     return apertures_of(media.read_image(character.template_path(t)) for t in range(character.n_templates))
+
+
+@functools.lru_cache(maxsize=4)
+def _footage_apertures(character_uri: str) -> np.ndarray:
+    return template_apertures(load_character(character_uri))
+
+
+def dub_mouth_stats(video_uri: str, character_uri: str) -> dict:
+    """`compare_apertures` of a published dub against its character's footage (the footage's
+    apertures are measured once per process and character)."""
+    with storage.local_copy(video_uri) as local:
+        dub = apertures_of(media.iter_video_frames(local))
+    if dub.size == 0:
+        raise InputError(video_uri, "no face was detected in any frame of the dub")
+    return compare_apertures(dub, _footage_apertures(str(character_uri)))
 
 
 def unseen_speech(character_uri: str, audio_uri: str, render_cfg: RenderConfig = RenderConfig(), *,
