@@ -11,6 +11,7 @@
 #
 #   .ci/wheel_check.sh            # uses .venv (make venv first); ../shared/media for the clip
 set -euo pipefail
+fail() { echo "wheel check: FAILED: $*" >&2; exit 1; }
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="${VENV:-$REPO/.venv}"
 MEDIA="${MEDIA:-$REPO/../shared/media}"
@@ -105,12 +106,15 @@ from lipsync.io import media
 frames = media.count_video_frames("dub.mp4")
 assert frames == int(sys.argv[1]), f"dub.mp4 has {frames} frames, expected {sys.argv[1]}"
 EOF
-"$LIPSYNC" info bundle | grep -q "preset          tiny"
-"$LIPSYNC" info ds --json | "$FRESH/bin/python" -c "import json, sys; assert json.load(sys.stdin)['frames'] == $CLIP_FRAMES"
+# (outputs go to files before grep: `grep -q` in a pipe may end the writer with SIGPIPE under pipefail)
+"$LIPSYNC" info bundle > info.txt
+grep -q "preset          tiny" info.txt || fail "lipsync info bundle: $(cat info.txt)"
+"$LIPSYNC" info ds --json > info.json
+"$FRESH/bin/python" -c "import json; assert json.load(open('info.json'))['frames'] == $CLIP_FRAMES" \
+  || fail "lipsync info ds --json: $(cat info.json)"
 # a missing --config file: exit 2 and one line naming it (not a packaged configs/foo.yaml)
-set +e
-"$LIPSYNC" render --config foo --character bundle --audio clip.wav -o x.mp4 2> config.err
-rc=$?
-set -e
-[ "$rc" -eq 2 ] && [ "$(wc -l < config.err)" -eq 1 ] && grep -q "^error: foo: cannot read config file" config.err
+rc=0
+"$LIPSYNC" render --config foo --character bundle --audio clip.wav -o x.mp4 2> config.err || rc=$?
+[ "$rc" -eq 2 ] && [ "$(wc -l < config.err)" -eq 1 ] && grep -q "^error: foo: cannot read config file" config.err \
+  || fail "render --config foo: exit $rc, $(cat config.err)"
 echo "wheel check: ok"
