@@ -158,6 +158,7 @@ class RenderConfig:
     queue_depth: PositiveInt = 4  # batches in flight between decode, model and encode threads
     max_audio_seconds: PositiveFloat = 3600.0
     torch_threads: NonNegativeInt = 0  # 0 = leave torch's default
+    x264_threads: NonNegativeInt = 0  # encoder threads per segment; 0 = ffmpeg decides (see BENCHMARKS.md, render)
     # What the mouth does where the audio has no voice (docs/QUALITY.md, lipsync/render/rest.py):
     # rest = the character's own closed mouth, cross-faded at pause edges; keep = the generator's.
     silence: Literal["keep", "rest"] = "rest"

@@ -240,7 +240,7 @@ def render_segment(character: Character, feats: np.ndarray, a: int, b: int, out_
     mouth = resting_mouth(character, cfg) if rest is not None and rest[a:b].any() else None
     started = time.perf_counter()
     settings = media.EncodeSettings(crf=cfg.crf if crf is None else crf, preset=cfg.x264_preset,
-                                    pix_fmt=cfg.pix_fmt, audio_bitrate=cfg.audio_bitrate)
+                                    pix_fmt=cfg.pix_fmt, audio_bitrate=cfg.audio_bitrate, threads=cfg.x264_threads)
     width, height = character.frame_size
     stats = SegmentStats()
     stop = threading.Event()
