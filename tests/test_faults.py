@@ -209,9 +209,14 @@ def wait_for_job_processes_to_end(ray_head, timeout_s: float = 60.0) -> None:
 # checks
 
 
+def is_final_report(name: str) -> bool:
+    """A run's report under _reports/ (not its progress record, which a killed run leaves, nor previews/)."""
+    return name.endswith(".json") and not name.endswith("-progress.json")
+
+
 def reports(output_root: str) -> list[dict]:
     prefix = storage.join(output_root, "_reports")
-    return [storage.read_json(storage.join(prefix, n)) for n in storage.ls(prefix) if n.endswith(".json")] \
+    return [storage.read_json(storage.join(prefix, n)) for n in storage.ls(prefix) if is_final_report(n)] \
         if storage.exists(prefix) else []
 
 
@@ -242,7 +247,8 @@ def assert_only_outputs_and_bookkeeping(output_root: str, n_reports: int) -> Non
     names = object_names(output_root)
     assert [n for n in names if ".tmp-" in n or n.startswith(".")] == [], names
     assert [n for n in names if n.startswith("_work/")] == [], names
-    report_names = [n for n in names if n.startswith("_reports/") and not n.startswith("_reports/previews/")]
+    report_names = [n for n in names if n.startswith("_reports/") and not n.startswith("_reports/previews/")
+                    and not n.endswith("-progress.json")]  # killed runs leave their progress records
     assert len(report_names) == n_reports and all(n.endswith(".json") for n in report_names), names
     records = sorted(n for n in names if n == "_manifest.json" or n.startswith("_manifest/"))
     assert records in (["_manifest.json"], sorted(f"_manifest/{i}.json" for i in IDS)), names  # either layout
