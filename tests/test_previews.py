@@ -144,3 +144,15 @@ def test_contact_sheet_marks_interpolated_frames_and_outlines_the_mask(dataset):
             # the mask outline: green pixels along the row at mask_box's top edge (5/320 of the side)
             y0 = round(GeometryConfig().mask_box[1] * CELL)
             assert (np.abs(tile[y0, CELL // 4:3 * CELL // 4] - green).sum(axis=1) < 60).mean() > 0.9, frame
+
+
+def test_dub_dry_run_names_an_undertrained_character_once(bundles, speech, tmp_path):
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("id,character,audio\n" + "".join(f"{i},{bundles[b]},{speech}\n" for i, b in
+                                                         (("a", "under"), ("b", "under"), ("c", "trained"))))
+    proc = lipsync_cli("dub", str(catalog), "--output-root", str(tmp_path / "out"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("items 3: 3 to render"), proc.stdout
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert warnings == [f"warning: {undertrained_warning(str(bundles['under']), UNDERTRAINED)}"], proc.stdout

@@ -37,6 +37,7 @@ class DryRun:
     shards: int = 0
     fps: float = 0.0
     fps_source: str = ""
+    warnings: list[str] = field(default_factory=list)  # distinct, e.g. an undertrained character
 
     @property
     def estimated_render_s(self) -> float:
@@ -48,6 +49,7 @@ class DryRun:
                f"frames to render {self.frames} in {self.shards} shards",
                (f"estimated render time {self.estimated_render_s:.0f} s at {self.fps:.2f} frames/s "
                 f"({self.fps_source})")]
+        out += [f"warning: {w}" for w in self.warnings]
         out += [f"  row {f['row']} {f['id']}: {f['error']}" for f in self.failed[:20]]
         if len(self.failed) > 20:
             out.append(f"  ... and {len(self.failed) - 20} more")
@@ -105,7 +107,10 @@ def dry_run(catalog_uri: str, output_root: str, cfg: DubConfig, *, device: str |
         for outcome in pool.map(inspect, items):
             if isinstance(outcome, dict):
                 result.failed.append(outcome)
-            elif outcome.status == "skipped":
+                continue
+            if outcome.warning and outcome.warning not in result.warnings:
+                result.warnings.append(outcome.warning)
+            if outcome.status == "skipped":
                 result.skipped += 1
             else:
                 result.to_render += 1
