@@ -60,9 +60,9 @@ class MetricsLog:
             self.plot(directory / CURVE_FILE)
 
     def plot(self, path: Path) -> None:
+        fig = curve_figure(self.records)  # selects the Agg backend before pyplot is imported here
         import matplotlib.pyplot as plt
 
-        fig = curve_figure(self.records)
         tmp = path.with_name(f".{path.name}.tmp.png")
         fig.savefig(tmp, dpi=80)
         plt.close(fig)
