@@ -2,7 +2,7 @@
 
     ray job submit --address http://HEAD:8265 --working-dir . \
         --runtime-env-json '{"env_vars": {"LIPSYNC_S3_ENDPOINT": "...", ...}}' \
-        -- python jobs/batch_dub.py --catalog s3://bucket/catalog.csv --output-root s3://bucket/dubbed
+        -- python jobs/batch_dub.py --catalog s3://bucket/catalog.csv -o s3://bucket/dubbed
 
 Exit codes: 0 every item ok or skipped; 2 the catalog or an option is invalid (nothing ran);
 3 the run finished but some items failed (see the report under <output-root>/_reports/).
@@ -12,6 +12,7 @@ Only parses arguments: the pipeline is cluster.dub.run_dub (docs/CLUSTER.md).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,9 @@ EXIT_INPUT_ERROR = 2
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--catalog", required=True, help="catalog URI (.csv or .jsonl)")
-    p.add_argument("--output-root", required=True, help="URI under which outputs, _work/, _reports/ go")
+    p.add_argument("-o", "--out", dest="output_root", default=None,
+                   help="output root: URI under which outputs, _work/, _reports/ go (also --output-root)")
+    p.add_argument("--output-root", dest="output_root", default=None, help=argparse.SUPPRESS)  # older spelling
     p.add_argument("--address", default=None, help="Ray address (default: the job's cluster)")
     p.add_argument("--shard-frames", type=int, default=None, help="frames per render task")
     p.add_argument("--actors", default=None, help="render actors: N, or MIN:MAX to autoscale")
@@ -43,9 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="plan and validate every row, print items, frames, skips and an estimated render "
                         "time; render and write nothing")
+    p.add_argument("--json", action="store_true", help="print the report (or the dry-run plan) as JSON on stdout")
     p.add_argument("--config", default=None, help="YAML config (default lipsync/configs/dub.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value (repeatable)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.output_root:
+        p.error("the following arguments are required: -o/--out")  # exit 2
+    return args
 
 
 def log_progress(interval_s: float):
@@ -63,7 +70,8 @@ def log_progress(interval_s: float):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console(highlight=False)
+    # --json: stdout holds the JSON only; the summary goes to stderr
+    console = Console(highlight=False, stderr=args.json)
     try:
         cfg = load_config(DubConfig, args.config, args.overrides,
                           dub_flags(shard_frames=args.shard_frames, actors=args.actors, crf=args.crf,
@@ -83,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     console.print(summary(run.report, run.report_uri))
+    if args.json:
+        print(json.dumps({"output_root": args.output_root, "report_uri": run.report_uri, **run.report},
+                         indent=2, default=str))
     return run.exit_code
 
 
@@ -95,8 +106,14 @@ def dry_run_main(args: argparse.Namespace, cfg) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    for line in result.lines():
-        print(f"[dry-run] {line}", flush=True)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({"dry_run": True, "output_root": args.output_root, **asdict(result),
+                          "estimated_render_s": result.estimated_render_s}, indent=2, default=str))
+    else:
+        for line in result.lines():
+            print(f"[dry-run] {line}", flush=True)
     return 3 if result.failed else 0
 
 

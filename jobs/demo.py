@@ -1,6 +1,6 @@
 """`make demo`: the main job end to end on one machine, on an embedded local Ray.
 
-    python jobs/demo.py --video talking_head.mp4 --audio speech.wav [--audio more.wav ...] --out demo_out
+    python jobs/demo.py --video talking_head.mp4 --audio speech.wav [--audio more.wav ...] -o demo_out
 
 1. prepare the video into a dataset, 2. train the tiny preset briefly, 3. write a catalog of the
 audio files and dub it with the Ray pipeline (cluster/dub.py), 4. print where the videos are.
@@ -32,9 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--video", default=str(MEDIA / "edtalk_uncrop_Obama.mp4"))
     parser.add_argument("--audio", action="append", help="audio to dub (repeatable); default: speech clips "
                                                          "from ../shared/media")
-    parser.add_argument("--out", default="demo_out")
-    parser.add_argument("--syncnet-steps", type=int, default=150)
-    parser.add_argument("--generator-steps", type=int, default=300)
+    parser.add_argument("-o", "--out", default="demo_out", help="dataset/, character/, dubs/ go here")
+    parser.add_argument("--syncnet-steps", type=int, default=150, help="SyncNet steps (stage 1)")
+    parser.add_argument("--steps", type=int, default=300, help="generator steps (stage 2), as lipsync train --steps")
+    parser.add_argument("--generator-steps", dest="steps", type=int, help=argparse.SUPPRESS)  # older spelling
     return parser.parse_args(argv)
 
 
@@ -57,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[1/3] prepare {args.video} -> {dataset}", flush=True)
             prepare(args.video, Path(args.video).stem, str(dataset), load_config(PrepareConfig))
         if not bundle.exists():
-            print(f"[2/3] train tiny ({args.syncnet_steps} SyncNet + {args.generator_steps} generator steps)",
+            print(f"[2/3] train tiny ({args.syncnet_steps} SyncNet + {args.steps} generator steps)",
                   flush=True)
             cfg = load_config(TrainConfig, flags={"preset": "tiny", "syncnet_steps": args.syncnet_steps,
-                                                  "generator_steps": args.generator_steps})
+                                                  "generator_steps": args.steps})
             train_character(str(dataset), str(bundle), cfg, overwrite=True)
         write_catalog(catalog, bundle, audio)
         print(f"[3/3] dub {len(audio)} audio file(s) on an embedded local Ray", flush=True)

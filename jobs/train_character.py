@@ -3,7 +3,7 @@
     ray job submit --address http://HEAD:8265 --working-dir . \
         --runtime-env-json '{"env_vars": {"LIPSYNC_S3_ENDPOINT": "..."}}' \
         -- python jobs/train_character.py --dataset s3://bucket/datasets/obama \
-           --out s3://bucket/characters/obama --preset st2d-328 --workers 4 --gpu \
+           -o s3://bucket/characters/obama --preset st2d-328 --workers 4 --device cuda \
            --storage-path s3://bucket/ray-train --run-name obama-st2d-328
 
 `--video URI --name NAME` instead of `--dataset` prepares the video first (one Ray task) into
@@ -14,6 +14,7 @@ invalid (nothing was trained). Only parses arguments: the work is cluster.train 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -33,10 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--video", help="raw talking-head video URI (prepared first)")
     p.add_argument("--name", default=None, help="character name (with --video)")
     p.add_argument("--dataset-out", default=None, help="where --video's dataset goes")
-    p.add_argument("--out", required=True, help="character bundle URI to create")
+    p.add_argument("-o", "--out", required=True, help="character bundle URI to create")
     p.add_argument("--preset", default=None, help="tiny | st2d-160 | st2d-328 (default: the config's)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (one GPU each with --gpu)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (DDP over NCCL)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="cuda: one GPU per worker (DDP over NCCL); default cpu")
+    p.add_argument("--gpu", action="store_true", help="the same as --device cuda (older spelling)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--storage-path", required=True, help="RunConfig storage path for checkpoints (path or s3://)")
     p.add_argument("--run-name", default=None, help="run name under the storage path (default: bundle name)")
@@ -47,11 +50,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--audio-weights", default=None,
                    help="hubert: HubertModel directory; wenet: encoder .onnx (local path on every worker, or s3://)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (and dataset)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (last line)")
     p.add_argument("--address", default=None, help="Ray address (default: the job's cluster, else local)")
     p.add_argument("--config", default=None, help="YAML config (default lipsync/configs/train.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config key=value (repeatable)")
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: fail once
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.gpu and args.device == "cpu":
+        p.error("--gpu and --device cpu disagree")
+    args.gpu = args.gpu or args.device == "cuda"
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{s['generator_steps']} generator steps on {args.workers} worker(s) in {result.seconds:.0f} s; "
           f"SyncNet held-out accuracy {s.get('syncnet_val_acc')}, held-out L1 {s.get('val_l1')}; "
           f"final checkpoint {result.checkpoint_uri}", flush=True)
+    if args.json:
+        print(json.dumps({"out": result.out, "version": result.version, "workers": args.workers,
+                          "seconds": result.seconds, "checkpoint_uri": result.checkpoint_uri, "summary": s},
+                         default=str), flush=True)
     return 0
 
 
