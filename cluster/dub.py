@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import ray
@@ -446,22 +446,46 @@ def resolve_run_device(requested: str) -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
 
 
-def init_ray(address: str | None) -> bool:
+def init_ray(address: str | None, quiet: bool = False) -> bool:
     """Connect to `address`, the job's cluster (RAY_ADDRESS), or start a private local Ray.
 
     Returns True when this call started or connected Ray (the caller shuts it down). The local
     Ray listens on 127.0.0.1 only (GCS, raylet, object manager, workers, agents) and has no
     dashboard; it never joins a cluster that happens to run on the same machine.
+
+    `quiet` (the CLI without -v): Ray's driver logger at ERROR (no "Token authentication is
+    enabled" warning; token auth itself stays as Ray sets it), and the workers' output stays in
+    their log files under the Ray session (log_to_driver=False): an item's error is in the report.
     """
     if ray.is_initialized():
         return False
+    level = logging.ERROR if quiet else logging.WARNING
     if address is None and not os.environ.get("RAY_ADDRESS"):
         with _loopback_node_ip():
             ray.init(address="local", _node_ip_address=LOCAL_RAY_IP, include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=True)
+                     logging_level=level, log_to_driver=not quiet)
         return True
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    ray.init(address=address, logging_level=level, log_to_driver=not quiet)
     return True
+
+
+@contextlib.contextmanager
+def _ray_data_console(level: int) -> Iterator[None]:
+    """Ray Data's console handler (its own, INFO: "Starting execution of Dataset ...", "Execution
+    plan of ...", "execution finished", "Progress bars disabled") at `level` inside the block; its
+    log file (ray-data.log in the session's logs) keeps everything."""
+    import ray.data  # noqa: F401 - its import sets up that handler (`ray.data` is imported lazily)
+
+    handlers = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    saved = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(max(h.level, level))
+    try:
+        yield
+    finally:
+        for h, old in zip(handlers, saved):
+            h.setLevel(old)
 
 
 @contextlib.contextmanager
@@ -490,25 +514,27 @@ def _loopback_node_ip():
 
 
 def run_dub(catalog_uri: str, output_root: str, cfg: DubConfig = DubConfig(), *, address: str | None = None,
-            progress: ProgressFn | None = None, overwrite: bool = False) -> DubRun:
+            progress: ProgressFn | None = None, overwrite: bool = False, quiet_ray: bool = False) -> DubRun:
     """Dub every row of the catalog; returns the report (also written under `output_root`).
 
     Raises InputError for a bad catalog (nothing runs then). Items that fail are recorded in the
     report; the run goes on with the others. `overwrite`: items may replace files at their
     outputs that this job did not write (else such an item fails and the file stays; a row's
     `overwrite` column does the same for one row). `cfg.allow_outputs_outside_root`: rows may
-    name outputs outside `output_root`.
+    name outputs outside `output_root`. `quiet_ray`: Ray's own warnings and INFO lines stay off the
+    terminal (init_ray, _ray_data_console); the CLI sets it unless -v.
     """
     # 1. the catalog, validated before any cluster work (cfg was validated by load_config)
     items = read_catalog(catalog_uri, output_root, allow_outputs_outside_root=cfg.allow_outputs_outside_root)
     legacy = read_manifest(output_root)  # a legacy _manifest.json (read only); new records are per item
     started_at = datetime.now(timezone.utc)
     t_init = time.monotonic()
-    started_ray = init_ray(address)
+    started_ray = init_ray(address, quiet=quiet_ray)
     t0 = time.monotonic()
     try:
-        return _Driver(len(items), catalog_uri, output_root, cfg, progress, overwrite=overwrite,
-                       started_at=started_at).run(items, legacy, t0, t0 - t_init)
+        with _ray_data_console(logging.ERROR if quiet_ray else logging.NOTSET):
+            return _Driver(len(items), catalog_uri, output_root, cfg, progress, overwrite=overwrite,
+                           started_at=started_at).run(items, legacy, t0, t0 - t_init)
     finally:
         if started_ray:
             ray.shutdown()

@@ -9,11 +9,14 @@ items failed (see its report).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import logging
 import os
+import re
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -32,8 +35,19 @@ from lipsync.io import storage
 # The commands import their library (torch, librosa, torchmetrics, mediapipe: seconds) when they
 # run, so that `--version`, `--help` and option errors answer at once.
 
+EXIT_CODES_EPILOG = (
+    "\b\nExit codes:\n"
+    "  0    done (dub: every item done or skipped)\n"
+    "  1    unexpected error (a bug or a failing environment): one line naming a log file with the traceback\n"
+    "  2    bad input or option: one line on stderr, nothing run or written\n"
+    "  3    dub: the run finished but some items failed (see its report); dub --dry-run: some rows would fail\n"
+    "  130  interrupted (Ctrl-C)"
+)
+
+# rich_markup_mode=None: click's plain help, where a boolean option reads as a flag ("--overwrite")
+# instead of typer's rich "--overwrite <bool>", and the exit codes epilog keeps its lines.
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lip-sync dubbing engine.",
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, rich_markup_mode=None, epilog=EXIT_CODES_EPILOG)
 console = Console(stderr=True)  # progress bars and summaries (silenced by -q)
 error_console = Console(stderr=True)  # the one error line (never silenced)
 
@@ -45,6 +59,7 @@ LOG_DIR_ENV = "LIPSYNC_LOG_DIR"  # where tracebacks of unexpected errors go (def
 ConfigOption = typer.Option(None, "--config", help="your YAML config file (default: the command's own lipsync/configs/*.yaml)")
 SetOption = typer.Option([], "--set", help="config override key=value (repeatable, dotted keys for sections)")
 PrecisionOption = typer.Option(None, "--precision", help="auto | fp32 | bf16 (auto: bf16 where the device has it natively)")
+JsonOption = typer.Option(False, "--json", help="print the result as JSON on stdout (the summary line stays on stderr)")
 SilenceOption = typer.Option(None, "--silence", help="rest | keep: where the audio has no voice, the character's own "
                                                      "closed mouth (rest, default) or the generator's (keep)")
 
@@ -92,7 +107,7 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     console.quiet = quiet
 
 
-@app.callback()
+@app.callback(epilog=EXIT_CODES_EPILOG)
 def _group(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="debug messages of lipsync on stderr"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="errors only: no progress bars or summaries"),
@@ -106,6 +121,20 @@ def _group(
 def fail(message: str, code: int = EXIT_INPUT_ERROR) -> None:
     error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def main_output(out: Optional[str], old: Optional[str], old_flag: str, what: str) -> str:
+    """The command's main output from -o/--out or its older spelling (a hidden alias)."""
+    if out and old and out != old:
+        raise InputError(None, f"-o/--out {out} and {old_flag} {old} disagree: give one")
+    if not (out or old):
+        raise InputError(None, f"missing option -o/--out ({what})")
+    return out or old  # type: ignore[return-value]
+
+
+def print_json(obj) -> None:
+    """--json: the command's machine-readable result, alone on stdout."""
+    typer.echo(json.dumps(obj, indent=2, default=str))
 
 
 def log_dir() -> Path:
@@ -140,6 +169,59 @@ def reported_errors(command: str) -> Iterator[None]:
         fail(f"unexpected {type(e).__name__} in `lipsync {command}`: {detail} ({where})", EXIT_BUG)
 
 
+# A line of Ray's C++ log: "[2026-12-02 07:27:28,554 E 28708 28708] core_worker.cc:2465: ..."
+RAY_NATIVE_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWE] \d+ \d+\] \S+\.(cc|h):\d+:")
+
+
+@contextlib.contextmanager
+def native_ray_log_to_debug() -> Iterator[None]:
+    """Inside the block, Ray's C++ log lines that the driver writes to fd 2 (its core worker echoes
+    ERROR-level lines such as core_worker.cc's "has constructor arguments in the object store and
+    max_restarts > 0" to stderr, besides its log file under the Ray session) go to the debug log;
+    every other byte on fd 2 passes through, and Python's sys.stderr (progress bar, log lines)
+    writes to the terminal directly. No fd 2 (a daemon): nothing to do."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    read_end, write_end = os.pipe()
+    log = logging.getLogger("lipsync_cli.ray")
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            pending = b""
+            while chunk := pipe.read(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if RAY_NATIVE_LOG_LINE.match(line):
+                        log.debug("%s", line.decode(errors="replace"))
+                    else:
+                        os.write(saved, line + b"\n")
+            if pending:
+                os.write(saved, pending)
+        os.close(saved)
+
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                         errors="backslashreplace")
+    python_stderr = sys.stderr
+    sys.stderr.flush()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    sys.stderr = terminal
+    reader = threading.Thread(target=pump, name="ray-native-log", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        terminal.flush()
+        sys.stderr = python_stderr
+        os.dup2(saved, 2)  # closes the last write end we hold: the reader ends when Ray's processes have
+        terminal.close()
+        reader.join(timeout=2)
+
+
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator[Callable[..., None]]:
     """A rich progress bar, shown from the first update on (so an early input error prints one
@@ -169,9 +251,10 @@ def progress_bar(description: str) -> Iterator[Callable[..., None]]:
 def prepare(
     video: str = typer.Argument(..., help="talking-head video (path or URI)"),
     name: str = typer.Option(..., "--name", help="character name"),
-    out: str = typer.Option(..., "--out", help="dataset directory to create (path or URI)"),
+    out: str = typer.Option(..., "-o", "--out", help="dataset directory to create (path or URI)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
     preview: Optional[str] = typer.Option(None, "--preview", help="write a contact sheet of crops (PNG)"),
+    json_: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
     set_: List[str] = SetOption,
 ) -> None:
@@ -188,6 +271,11 @@ def prepare(
         f"prepared [bold]{name}[/] -> {out}: {result.n_frames} frames, {result.duration:.2f} s audio, "
         f"faces found in {result.faces_found}/{result.n_frames} frames, {result.seconds:.1f} s ({fps:.0f} frames/s)"
     )
+    if json_:
+        print_json({"command": "prepare", "out": out, "name": name, "frames": result.n_frames,
+                    "duration_s": result.duration, "faces_found": result.faces_found,
+                    "frames_without_face": result.frames_without_face, "seconds": result.seconds,
+                    "preview": preview})
 
 
 def warn_if_undertrained(character: str) -> None:
@@ -203,7 +291,8 @@ def warn_if_undertrained(character: str) -> None:
 def render(
     character: str = typer.Option(..., "--character", help="character bundle (path or URI)"),
     audio: str = typer.Option(..., "--audio", help="audio file, any format ffmpeg reads (path or URI)"),
-    output: str = typer.Option(..., "-o", "--output", help="output .mp4 (path or URI)"),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="output .mp4 (path or URI)  [required]"),
+    output_old: Optional[str] = typer.Option(None, "--output", hidden=True),  # the spelling before -o/--out
     start_frame: int = typer.Option(0, "--start-frame", help="first template frame (bounce index offset)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="frames per generator forward"),
     enhance: bool = typer.Option(False, "--enhance", help="higher quality encode (crf_enhance instead of crf)"),
@@ -214,11 +303,13 @@ def render(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
     preview: Optional[str] = typer.Option(None, "--preview", help="also write a PNG of 4 frames, each with its "
                                                                   "painted crop enlarged (path or URI)"),
+    json_: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
     set_: List[str] = SetOption,
 ) -> None:
     """Dub one audio file into a video of a trained character."""
     with reported_errors("render"):
+        output = main_output(out, output_old, "--output", "the .mp4 to write")
         cfg = load_config(RenderConfig, config, set_, {"batch_size": batch_size, "device": device, "crf": crf,
                                                        "precision": precision, "silence": silence})
         if preview:
@@ -240,12 +331,17 @@ def render(
                   + (f"; {st.no_face} template frames without a face written unchanged" if st.no_face else "")
                   + (f"; {st.nonfinite} non-finite outputs replaced by the template" if st.nonfinite else "")
                   + (f"; preview {preview}" if preview else ""))
+    if json_:
+        print_json({"command": "render", "out": output, "frames": result.frames, "duration_s": result.duration,
+                    "stats": dataclasses.asdict(st), "preview": preview})
 
 
 @app.command()
 def dub(
     catalog: str = typer.Argument(..., help="catalog of items to dub: .csv or .jsonl (path or URI)"),
-    output_root: str = typer.Option(..., "--output-root", help="outputs, _work/, _reports/, _manifest go here"),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="output root: outputs, _work/, _reports/ go here "
+                                                                "(also spelled --output-root)  [required]"),
+    output_root_old: Optional[str] = typer.Option(None, "--output-root", hidden=True),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)"),
     shard_frames: Optional[int] = typer.Option(None, "--shard-frames", help="frames per render task"),
     actors: Optional[str] = typer.Option(None, "--actors", help="render actors: N, or MIN:MAX to autoscale"),
@@ -257,11 +353,13 @@ def dub(
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="plan and validate every row; print items, frames, skips and an estimated "
                                       "render time; render and write nothing (no Ray)"),
+    json_: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
     set_: List[str] = SetOption,
 ) -> None:
     """Dub every row of a catalog on Ray. Exit 3 when the run finished but some items failed."""
     with reported_errors("dub"):
+        output_root = main_output(out, output_root_old, "--output-root", "the output root")
         cfg = load_config(DubConfig, config, set_, dub_flags(shard_frames=shard_frames, actors=actors, crf=crf,
                                                              device=device, silence=silence))
         if dry_run:
@@ -269,19 +367,27 @@ def dub(
 
             planned = plan_only(catalog, output_root, cfg, overwrite=overwrite)
     if dry_run:
-        for line in planned.lines():
-            typer.echo(line)  # stdout: the plan is the command's output
+        if json_:
+            print_json({"command": "dub", "dry_run": True, "output_root": output_root,
+                        **dataclasses.asdict(planned), "estimated_render_s": planned.estimated_render_s})
+        else:
+            for line in planned.lines():
+                typer.echo(line)  # stdout: the plan is the command's output
         if planned.failed:
             raise typer.Exit(3)
         return
     with reported_errors("dub"):
         from cluster.dub import run_dub  # imports Ray (seconds): only the command that needs it pays
 
-        with progress_bar("dub") as update:
-            run = run_dub(catalog, output_root, cfg, address=address, overwrite=overwrite, progress=lambda p: update(
-                p.frames_done, p.frames_total or None,
-                extra=f"items {p.items_done}/{p.items_total}, {p.frames_per_second:.1f} frames/s"))
+        verbose = logging.getLogger("lipsync").getEffectiveLevel() <= logging.DEBUG
+        with (contextlib.nullcontext() if verbose else native_ray_log_to_debug()), progress_bar("dub") as update:
+            run = run_dub(catalog, output_root, cfg, address=address, overwrite=overwrite, quiet_ray=not verbose,
+                          progress=lambda p: update(p.frames_done, p.frames_total or None,
+                                                    extra=f"items {p.items_done}/{p.items_total}, "
+                                                          f"{p.frames_per_second:.1f} frames/s"))
     console.print(summary(run.report, run.report_uri))
+    if json_:
+        print_json({"command": "dub", "output_root": output_root, "report_uri": run.report_uri, **run.report})
     if run.exit_code:
         raise typer.Exit(run.exit_code)
 
@@ -289,7 +395,7 @@ def dub(
 @app.command()
 def train(
     dataset: str = typer.Option(..., "--dataset", help="prepared dataset directory (path or URI)"),
-    out: str = typer.Option(..., "--out", help="character bundle to create (path or URI)"),
+    out: str = typer.Option(..., "-o", "--out", help="character bundle to create (path or URI)"),
     preset: str = typer.Option(..., "--preset", help="model size: tiny | st2d-160 | st2d-328"),
     steps: Optional[int] = typer.Option(None, "--steps", help="generator steps (stage 2), run after "
                                                                  "--syncnet-steps: the plan line shows the sum"),
@@ -306,6 +412,7 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="checkpoints and metrics (default OUT.run)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the run dir"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing bundle and start a fresh run"),
+    json_: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
     set_: List[str] = SetOption,
 ) -> None:
@@ -331,6 +438,10 @@ def train(
         + (f"; held-out L1 {l1:.4f}" if l1 is not None else "")
         + f"; checkpoints in {result.run_dir}"
     )
+    if json_:
+        print_json({"command": "train", "out": out, "preset": preset, "version": result.version,
+                    "syncnet_steps": result.syncnet_steps, "generator_steps": result.generator_steps,
+                    "seconds": result.seconds, "run_dir": str(result.run_dir), "summary": s})
 
 
 @app.command(name="eval")
@@ -338,7 +449,9 @@ def eval_(
     dataset: Optional[str] = typer.Option(None, "--dataset",
                                           help="prepared dataset the character was trained on: held-out metrics"),
     character: str = typer.Option(..., "--character", help="character bundle (path or URI)"),
-    json_out: str = typer.Option(..., "--json", help="metrics JSON to write (path or URI)"),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="metrics JSON to write (path or URI)"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="metrics JSON to write (path or URI; the spelling "
+                                                                "before -o/--out), or - to print it on stdout"),
     audio: Optional[str] = typer.Option(None, "--audio", help="speech the character never heard: mouth aperture "
                                                               "of its dub vs its real footage"),
     dub_out: Optional[str] = typer.Option(None, "--dub", help="keep the --audio dub here (.mp4, path or URI)"),
@@ -353,11 +466,20 @@ def eval_(
     shuffled audio; and/or the mouth aperture of a dub of unseen speech vs the real footage (--audio).
 
     The generator runs with lipsync/configs/render.yaml's settings (and --precision), as in a dub.
+    Unlike the other commands, eval's --json takes a value (it named the metrics file before -o/--out
+    existed): `--json -` prints the metrics JSON on stdout (docs/DECISIONS.md).
     """
-    with reported_errors("eval"):
+    with contextlib.ExitStack() as stack, reported_errors("eval"):
         from lipsync.eval import evaluate, markdown_table
         from lipsync.eval.evaluate import json_safe
 
+        to_stdout = json_out == "-"
+        if out or not to_stdout:
+            json_out = main_output(out, None if to_stdout else json_out, "--json", "the metrics JSON to write")
+        else:  # --json - alone: the metrics go to stdout only
+            import tempfile
+
+            json_out = str(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lipsync-eval-"))) / "eval.json")
         if dataset is None and audio is None:
             raise InputError(None, "give --dataset (held-out metrics), --audio (unseen speech) or both")
         cfg = load_config(EvalConfig, config, set_, {"device": device})
@@ -374,6 +496,10 @@ def eval_(
             result["unseen_speech"] = unseen_speech(character, audio, render_cfg, dub_out=dub_out)
             storage.write_json(json_out, json_safe(result))
             print_aperture(result["unseen_speech"])
+        if to_stdout:
+            typer.echo(storage.read_text(json_out).rstrip("\n"))
+            if not out:
+                json_out = "stdout"
     if dataset is None:
         console.print(f"-> {json_out}")
         return

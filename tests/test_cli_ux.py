@@ -1,13 +1,16 @@
 """The `lipsync` command as a user runs it, in a subprocess: output, exit code (issue 15).
 
---version, a missing --config file, quiet prepare (no third-party noise), `lipsync info`, and
-train's checks before step 1.
+--version, a missing --config file, quiet prepare and dub (no third-party noise), `lipsync info`,
+train's checks before step 1, and one flag vocabulary (-o/--out, --json, flags, exit codes).
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.metadata
+import json
 import os
+import re
 import subprocess
 import time
 import sys
@@ -229,3 +232,135 @@ def test_version_help_and_info_do_not_import_torch():
     code = "import sys, lipsync_cli.main, lipsync.info; print('torch' in sys.modules, 'mediapipe' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# --- one flag vocabulary: -o/--out, --device, --overwrite, --json; exit codes in --help (item 10) ----
+
+COMMANDS = ("prepare", "train", "render", "dub", "eval", "info")
+
+
+def test_help_lists_the_exit_codes(tmp_path):
+    text = run_cli("--help", cwd=tmp_path).stdout
+    assert "Exit codes:" in text
+    rows = {line.split()[0]: line for line in text.split("Exit codes:")[1].splitlines() if line.strip()}
+    assert "done" in rows["0"] and "log file" in rows["1"] and "bad input" in rows["2"]
+    assert "some items failed" in rows["3"] and "interrupted" in rows["130"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_booleans_as_flags_and_one_vocabulary(tmp_path, command):
+    result = run_cli(command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "<bool>" not in text  # typer's rich help showed "--overwrite <bool>"
+    assert "--json" in text
+    if command != "info":
+        assert "-o, --out <str>" in text
+    if command in ("prepare", "train", "render", "dub"):
+        assert re.search(r"^ +--overwrite {2,}\S", text, re.M), text  # a flag: no value
+    if command in ("train", "render", "dub", "eval"):
+        assert "--device <str>" in text
+    assert not re.search(r"^ +--output(-root)? ", text, re.M)  # the old spellings work, hidden
+
+
+@pytest.mark.parametrize("spelling", ["-o", "--out", "--output"])
+def test_render_takes_o_out_and_the_old_output(tmp_path, spelling):
+    """All three reach the input checks (a missing audio file), none is an unknown option."""
+    result = run_cli("render", "--character", "c", "--audio", "missing.wav", spelling, "o.mp4", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert "missing.wav" in line and "not found" in line, line
+
+
+def test_render_without_or_with_two_outputs_is_one_line_exit_2(tmp_path):
+    result = run_cli("render", "--character", "c", "--audio", "a.wav", cwd=tmp_path)
+    assert result.returncode == 2 and one_error_line(result) == "error: missing option -o/--out (the .mp4 to write)"
+    result = run_cli("render", "--character", "c", "--audio", "a.wav", "-o", "a.mp4", "--output", "b.mp4", cwd=tmp_path)
+    assert result.returncode == 2 and "disagree" in one_error_line(result)
+
+
+@pytest.mark.parametrize("spelling", ["-o", "--out", "--output-root"])
+def test_dub_dry_run_json_on_stdout(tmp_path, spelling):
+    """--json: the plan as JSON alone on stdout; exit 3 when rows would fail (no Ray, no media)."""
+    catalog = tmp_path / "c.csv"
+    catalog.write_text("id,character,audio\nx,no_bundle,missing.wav\n")
+    result = run_cli("dub", str(catalog), spelling, str(tmp_path / "out"), "--dry-run", "--json", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["dry_run"] is True and plan["items"] == 1 and plan["to_render"] == 0
+    assert plan["failed"][0]["id"] == "x" and "missing.wav" in plan["failed"][0]["error"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_jobs_take_o_out(tmp_path):
+    """jobs/batch_dub.py: -o/--out, and --output-root as before; missing both is argparse's exit 2."""
+    repo = Path(__file__).resolve().parents[1]
+    catalog = tmp_path / "c.csv"
+    catalog.write_text("id,character,audio\nx,no_bundle,missing.wav\n")
+    job = [sys.executable, str(repo / "jobs" / "batch_dub.py"), "--catalog", str(catalog)]
+    for spelling in ("-o", "--out", "--output-root"):
+        result = subprocess.run([*job, spelling, str(tmp_path / "out"), "--dry-run", "--json"], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 3, result.stderr
+        assert json.loads(result.stdout)["failed"][0]["id"] == "x"
+    missing = subprocess.run(job, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "-o/--out" in missing.stderr
+
+
+@pytest.mark.media
+def test_render_json_on_stdout(bundle, tmp_path):
+    result = run_cli("render", "--character", str(bundle), "--audio", str(bundle.parent / "clip.wav"),
+                     "--out", str(tmp_path / "dub.mp4"), "--device", "cpu", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["command"] == "render" and facts["frames"] == 25 and facts["out"] == str(tmp_path / "dub.mp4")
+    assert facts["stats"]["frames"] == 25 and (tmp_path / "dub.mp4").is_file()
+    assert "rendered" in result.stderr  # the summary line stays on stderr
+
+
+# --- dub on the embedded Ray: no third-party noise by default (issue 15, "Done when") -------------
+
+# What `lipsync dub` printed before (Ray 2.60): the token-auth warning, Ray Data's INFO lines and
+# progress-bar warning, and the driver core worker's actor-restart line (C++ log echoed to fd 2).
+RAY_NOISE = ("Token authentication", "streaming_executor", "Starting execution of Dataset", "Execution plan",
+             "Progress bars disabled", "core_worker.cc", "max_restarts", " WARNING ", " INFO ")
+
+
+@pytest.mark.media
+def test_dub_prints_no_ray_noise(bundle, tmp_path):
+    """One item, 1 s of audio, on the CLI's embedded local Ray (~35 s here; twice: plain and -v)."""
+    catalog = tmp_path / "catalog.csv"
+    with open(catalog, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "character", "audio"])
+        writer.writerow(["one", str(bundle), str(bundle.parent / "clip.wav")])
+    env_keep = os.environ.pop("RAY_AUTH_MODE", None)  # as a user runs it (the ray_head fixture sets it)
+    try:
+        result = run_cli("dub", str(catalog), "-o", str(tmp_path / "dubs"), "--device", "cpu", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        heard = [s for s in RAY_NOISE + THIRD_PARTY_NOISE if s in result.stderr + result.stdout]
+        assert not heard, result.stderr
+        assert "1: 1 ok, 0 failed, 0 skipped" in result.stderr and "dub " in result.stderr  # bar and summary
+        assert (tmp_path / "dubs" / "one.mp4").is_file()
+        # -v leaves Ray's own output alone: the check above is not vacuous
+        verbose = run_cli("-v", "dub", str(catalog), "-o", str(tmp_path / "dubs2"), "--device", "cpu", cwd=tmp_path)
+        assert verbose.returncode == 0, verbose.stderr
+        assert "Starting execution of Dataset" in verbose.stderr
+    finally:
+        if env_keep is not None:
+            os.environ["RAY_AUTH_MODE"] = env_keep
+
+
+@pytest.mark.media
+def test_eval_json_dash_prints_the_metrics_on_stdout(bundle, dataset, tmp_path):
+    """eval's --json names the metrics file (as before -o/--out); `--json -` prints them on stdout."""
+    result = run_cli("eval", "--dataset", str(dataset), "--character", str(bundle), "--json", "-",
+                     "--max-frames", "2", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["frames"]["evaluated"] == 2 and "-> stdout" in result.stderr
+    assert not (tmp_path / "-").exists()
+    both = run_cli("eval", "--dataset", str(dataset), "--character", str(bundle), "-o", str(tmp_path / "e.json"),
+                   "--json", "-", "--max-frames", "2", "--device", "cpu", cwd=tmp_path)
+    assert both.returncode == 0, both.stderr
+    assert json.loads(both.stdout)["frames"] == json.loads((tmp_path / "e.json").read_text())["frames"]
