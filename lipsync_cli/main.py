@@ -423,11 +423,23 @@ def train(
             "audio_encoder": audio_encoder,
             "audio_features": {"backend": audio_features, "weights": audio_weights}})
         from lipsync.train import train_character
+        from lipsync.train.preflight import StepRateEstimate
+
+        estimate: list[StepRateEstimate] = []  # set with the plan: its time, once steps/s is measured
+
+        def on_plan(plan) -> None:
+            console.print(plan.line(), highlight=False, soft_wrap=True)
+            estimate.append(StepRateEstimate(plan))
 
         with progress_bar(f"train {preset}") as update:
+            def on_progress(done: int, total: int, extra: str) -> None:
+                update(done, total, extra=extra)
+                line = estimate[0].update(done, time.monotonic()) if estimate else None
+                if line:
+                    console.print(line, highlight=False, soft_wrap=True)
+
             result = train_character(dataset, out, cfg, run_dir=run_dir, resume=resume, overwrite=overwrite,
-                                     progress=lambda d, t, extra: update(d, t, extra=extra),
-                                     on_plan=lambda plan: console.print(plan.line(), highlight=False, soft_wrap=True))
+                                     progress=on_progress, on_plan=on_plan)
     s = result.summary
     acc = s.get("syncnet_val_acc")
     l1 = s.get("val_l1")

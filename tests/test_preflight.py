@@ -95,3 +95,35 @@ def test_has_negatives_is_negative_frames_condition():
             assert has_negatives(np.arange(length), shift) == (length >= 2 * shift), (length, shift)
     assert has_negatives(np.array([0, 3, 6, 9]), 5)  # evenly spaced held-out frames
     assert not has_negatives(np.arange(0), 1)
+
+
+# --- the plan's time estimate: measured steps/s, one line per stage (issue 15, item 5) -------------
+
+
+def test_time_estimate_is_measured_per_stage():
+    from lipsync.train.preflight import StepRateEstimate, TrainPlan
+
+    plan = TrainPlan(dataset="d", n_frames=100, fps=25.0, n_train=90, n_val=10, syncnet_steps=200, generator_steps=100)
+    est = StepRateEstimate(plan, warmup=5, window=20, min_seconds=5.0)
+    lines = {}
+    for step in range(1, plan.total_steps + 1):  # syncnet at 4 steps/s, the generator at 1 step/s
+        now = step / 4 if step <= 200 else 50 + (step - 200)
+        line = est.update(step, now)
+        if line:
+            lines[step] = line
+    assert sorted(lines) == [25, 225]  # 5 warm-up steps, then 20 timed steps (>= 5 s) of each stage
+    assert lines[25] == ("estimate: syncnet 200 steps at 4.00 steps/s = 0:00:50 (timed over steps 6-25); "
+                         "0:00:44 left in this stage; the generator's rate is measured when it starts")
+    assert lines[225] == "estimate: generator 100 steps at 1.00 steps/s = 0:01:40 (timed over steps 206-225); " \
+                         "0:01:15 left in this stage"
+
+
+def test_time_estimate_waits_for_min_seconds_and_skips_short_stages():
+    from lipsync.train.preflight import StepRateEstimate, TrainPlan
+
+    plan = TrainPlan(dataset="d", n_frames=100, fps=25.0, n_train=90, n_val=10, syncnet_steps=10, generator_steps=1000)
+    est = StepRateEstimate(plan, warmup=5, window=20, min_seconds=5.0)
+    out = [(s, est.update(s, s * 0.1)) for s in range(1, 200)]  # 10 steps/s: 20 steps take 2 s < 5 s
+    timed = [(s, line) for s, line in out if line]
+    assert len(timed) == 1 and timed[0][0] == 65  # generator: from step 15 until 5 s (50 steps) later
+    assert timed[0][1].startswith("estimate: generator 1000 steps at 10.00 steps/s = 0:01:40")

@@ -175,3 +175,56 @@ def _working_fractions(n: int, cfg: TrainConfig, world_size: int) -> list[float]
     steps = int(round(1 / FRACTION_STEP))
     candidates = (k / steps for k in range(1, steps))
     return [f for f in candidates if find_problem(n, dataclasses.replace(cfg, val_fraction=f), world_size) is None]
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class StepRateEstimate:
+    """The plan's time estimate, from steps/s measured on this run, one line per stage.
+
+    The two stages run at different rates (SyncNet steps are several times cheaper than
+    generator steps), and the machine's load is unknown beforehand, so nothing is promised at
+    step 0: after `warmup` steps of a stage (data loading, the first allocations), the next
+    `window` steps are timed (at least `min_seconds`), and `update` returns one line, e.g.
+    "estimate: syncnet 2000 steps at 3.10 steps/s = 0:10:45 (timed over steps 6-25); the
+    generator's rate is measured when it starts". A stage too short to time gets no line.
+
+        est = StepRateEstimate(plan)
+        line = est.update(global_step, time.monotonic())   # None, or the line to print
+    """
+
+    def __init__(self, plan: TrainPlan, warmup: int = 5, window: int = 20, min_seconds: float = 5.0):
+        self.plan, self.warmup, self.window, self.min_seconds = plan, warmup, window, min_seconds
+        self._start: dict[str, tuple[int, float]] = {}  # stage -> (step, time) where timing began
+        self._first: dict[str, int] = {}  # stage -> first step seen (a resumed run starts mid-stage)
+        self._done: set[str] = set()
+
+    def stage(self, global_step: int) -> str:
+        return "syncnet" if global_step <= self.plan.syncnet_steps else "generator"
+
+    def update(self, global_step: int, now: float) -> str | None:
+        stage = self.stage(global_step)
+        if stage in self._done:
+            return None
+        first = self._first.setdefault(stage, global_step)
+        if stage not in self._start:
+            if global_step - first + 1 >= self.warmup:  # steps of this stage run in this process
+                self._start[stage] = (global_step, now)
+            return None
+        step0, t0 = self._start[stage]
+        steps, seconds = global_step - step0, now - t0
+        if steps < self.window or seconds < self.min_seconds or seconds <= 0:
+            return None
+        self._done.add(stage)
+        rate = steps / seconds
+        syncnet_end = self.plan.syncnet_steps
+        stage_total = self.plan.syncnet_steps if stage == "syncnet" else self.plan.generator_steps
+        stage_left = (syncnet_end if stage == "syncnet" else self.plan.total_steps) - global_step
+        text = (f"estimate: {stage} {stage_total} steps at {rate:.2f} steps/s = {_clock(stage_total / rate)} "
+                f"(timed over steps {step0 + 1}-{global_step}); {_clock(stage_left / rate)} left in this stage")
+        if stage == "syncnet" and self.plan.generator_steps:
+            text += "; the generator's rate is measured when it starts"
+        return text
