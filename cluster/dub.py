@@ -77,7 +77,7 @@ from lipsync.dub.report import (
 )
 from lipsync.dub.retry import call_with_retries
 from lipsync.dub.stitch import StitchResult, stitch_segments
-from lipsync.errors import MediaError
+from lipsync.errors import InputError, MediaError
 from lipsync.io import media, storage
 from lipsync.render import render_segment
 from lipsync.render.paint import prepare_for_inference
@@ -446,6 +446,21 @@ def resolve_run_device(requested: str) -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
 
 
+def check_run_device(requested: str, local: bool) -> None:
+    """--device cuda without GPUs: the render actors would wait for GPUs forever. For the embedded
+    local Ray (this machine; nothing will add GPUs to it) an error before Ray starts; a connected
+    cluster may have an autoscaler that adds GPU nodes for the waiting actors: a warning, once
+    connected."""
+    if requested != "cuda":
+        return
+    if local:
+        if not torch.cuda.is_available():
+            raise InputError(None, "--device cuda, but CUDA is not available on this machine (the local Ray's): "
+                                   "use --device cpu or auto")
+    elif ray.cluster_resources().get("GPU", 0) == 0:
+        logger.warning("--device cuda: the Ray cluster has no GPU now; the render actors wait for GPU nodes")
+
+
 def init_ray(address: str | None, quiet: bool = False) -> bool:
     """Connect to `address`, the job's cluster (RAY_ADDRESS), or start a private local Ray.
 
@@ -527,11 +542,17 @@ def run_dub(catalog_uri: str, output_root: str, cfg: DubConfig = DubConfig(), *,
     # 1. the catalog, validated before any cluster work (cfg was validated by load_config)
     items = read_catalog(catalog_uri, output_root, allow_outputs_outside_root=cfg.allow_outputs_outside_root)
     legacy = read_manifest(output_root)  # a legacy _manifest.json (read only); new records are per item
+    local = address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
+    if local:
+        check_run_device(cfg.device, local=True)
+    storage.check_writable_dir(output_root)  # before Ray starts (else: every item fails, then exit 1)
     started_at = datetime.now(timezone.utc)
     t_init = time.monotonic()
     started_ray = init_ray(address, quiet=quiet_ray)
     t0 = time.monotonic()
     try:
+        if not local:
+            check_run_device(cfg.device, local=False)
         with _ray_data_console(logging.ERROR if quiet_ray else logging.NOTSET):
             return _Driver(len(items), catalog_uri, output_root, cfg, progress, overwrite=overwrite,
                            started_at=started_at).run(items, legacy, t0, t0 - t_init)

@@ -364,3 +364,32 @@ def test_eval_json_dash_prints_the_metrics_on_stdout(bundle, dataset, tmp_path):
                    "--json", "-", "--max-frames", "2", "--device", "cpu", cwd=tmp_path)
     assert both.returncode == 0, both.stderr
     assert json.loads(both.stdout)["frames"] == json.loads((tmp_path / "e.json").read_text())["frames"]
+
+
+# --- render and dub: checked before the first frame (item 4) --------------------------------------
+
+
+@pytest.mark.parametrize("problem", ["root_under_a_file", "cuda_without_gpu"])
+def test_dub_checks_before_ray_starts(tmp_path, problem):
+    """An output root that cannot be written, or --device cuda on a machine without CUDA: one
+    line, exit 2, in seconds (no Ray started). Both used to start Ray, then fail every item with
+    exit 1 (the output root) or wait for a GPU forever (cuda)."""
+    import torch
+
+    if problem == "cuda_without_gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    catalog = tmp_path / "c.csv"
+    catalog.write_text("id,character,audio\nx,no_bundle,missing.wav\n")
+    (tmp_path / "afile").write_text("")
+    root = tmp_path / ("afile/sub" if problem == "root_under_a_file" else "out")
+    extra = ["--device", "cuda"] if problem == "cuda_without_gpu" else []
+    started = time.monotonic()
+    result = run_cli("dub", str(catalog), "-o", str(root), *extra, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    if problem == "root_under_a_file":
+        assert line.startswith(f"error: {root}: cannot create the directory"), line
+    else:
+        assert "--device cuda" in line and "use --device cpu or auto" in line, line
+        assert not root.exists()  # nothing written
+    assert time.monotonic() - started < 60
