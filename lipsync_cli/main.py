@@ -179,10 +179,13 @@ def native_ray_log_to_debug() -> Iterator[None]:
     ERROR-level lines such as core_worker.cc's "has constructor arguments in the object store and
     max_restarts > 0" to stderr, besides its log file under the Ray session) go to the debug log;
     every other byte on fd 2 passes through, and Python's sys.stderr (progress bar, log lines)
-    writes to the terminal directly. No fd 2 (a daemon): nothing to do."""
+    writes to the terminal directly. No fd 2 (a daemon), or a sys.stderr that is not fd 2 (a test's
+    capture): nothing to do."""
     try:
+        if sys.stderr.fileno() != 2:
+            raise OSError("sys.stderr is not fd 2")
         saved = os.dup(2)
-    except OSError:
+    except (OSError, AttributeError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
         yield
         return
     read_end, write_end = os.pipe()
