@@ -393,3 +393,20 @@ def test_dub_checks_before_ray_starts(tmp_path, problem):
         assert "--device cuda" in line and "use --device cpu or auto" in line, line
         assert not root.exists()  # nothing written
     assert time.monotonic() - started < 60
+
+
+def test_train_job_takes_o_out_and_device():
+    """jobs/train_character.py: -o/--out and --device cpu|cuda as the CLI spells them; --gpu as before."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "jobs" / "train_character.py"
+    spec = importlib.util.spec_from_file_location("train_character_job", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    base = ["--dataset", "d", "--storage-path", "s"]
+    assert job.parse_args([*base, "-o", "b"]).out == "b" and not job.parse_args([*base, "--out", "b"]).gpu
+    assert job.parse_args([*base, "-o", "b", "--device", "cuda"]).gpu
+    assert job.parse_args([*base, "-o", "b", "--gpu"]).gpu
+    with pytest.raises(SystemExit) as exit_info:
+        job.parse_args([*base, "-o", "b", "--gpu", "--device", "cpu"])
+    assert exit_info.value.code == 2
