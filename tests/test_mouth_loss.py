@@ -20,7 +20,7 @@ def test_mouth_l1_only_sees_the_mouth_region():
 
 def test_generator_loss_adds_the_mouth_term_only_when_weighted():
     pred, target = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
-    off_total, off_parts = GeneratorLoss(LossWeights(), None)(pred, target, None, use_sync=False)
+    off_total, off_parts = GeneratorLoss(LossWeights(mouth=0.0), None)(pred, target, None, use_sync=False)
     on_total, on_parts = GeneratorLoss(LossWeights(mouth=3.0), None)(pred, target, None, use_sync=False)
     assert "mouth" not in off_parts
     assert on_total.item() == pytest.approx(off_total.item() + 3.0 * on_parts["mouth"].item(), rel=1e-5)

@@ -18,6 +18,7 @@ own sync score is reported as the reference a perfect mouth would reach).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -320,7 +321,10 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
     rest = vad.frame_rest_weights(wav, n_audio, character.audio, render_cfg)
     mouth = resting_mouth(character, render_cfg) if rest is not None and rest.any() else None
     shuffled_rest = None if rest is None else np.roll(rest, roll)
-    silent = np.zeros(len(frames), bool) if rest is None else rest[frames] >= 1.0
+    # the silent frames are measured whatever the silence mode (keep paints them, but they are still silent)
+    pauses = rest if rest is not None else vad.frame_rest_weights(wav, n_audio, character.audio,
+                                                                  dataclasses.replace(render_cfg, silence="rest"))
+    silent = pauses[frames] >= 1.0
     strip_at = set(np.unique(np.linspace(0, len(frames) - 1, cfg.strip_frames).round().astype(int)).tolist())
 
     # 3. render and measure, batch by batch; one landmark tracker per variant (frames are in order)
