@@ -138,7 +138,7 @@ def main() -> None:
     table += "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
     print(table)
     if args.record:
-        record_section("render", f"`{' '.join(sys.argv)}` ({args.frames} frames per measurement, torch threads "
+        record_section("render (bench/render.py)", f"`{' '.join(sys.argv)}` ({args.frames} frames per measurement, torch threads "
                                  f"{torch.get_num_threads()})\n\n{machine_line()}\n\n{table}")
 
 
