@@ -87,6 +87,7 @@ class Character:
     audio_backend: str = "ave"  # bundle.json "audio_features": the front-end the character was trained with
     audio_weights: str | None = None  # its local weights (hubert / wenet), loaded on first use
     _frontend: Any = field(default=None, repr=False)
+    compiled_generator: Any = field(default=None, repr=False)  # lipsync.render.backend, set by prepare_for_inference
 
     def audio_frontend(self) -> Any:
         """The model `lipsync.audio.frame_features` runs: the AudioEncoder for `ave`, else the

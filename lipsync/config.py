@@ -159,6 +159,9 @@ class RenderConfig:
     max_audio_seconds: PositiveFloat = 3600.0
     torch_threads: NonNegativeInt = 0  # 0 = leave torch's default
     x264_threads: NonNegativeInt = 0  # encoder threads per segment; 0 = ffmpeg decides (see BENCHMARKS.md, render)
+    # generator runtime on the CPU: torch, or openvino (compiled in memory; extra `openvino`; measured
+    # 3.3-4x the torch bf16 forward for st2d-328 here, docs/BENCHMARKS.md); GPUs always use torch
+    backend: Literal["torch", "openvino"] = "torch"
     # What the mouth does where the audio has no voice (docs/QUALITY.md, lipsync/render/rest.py):
     # rest = the character's own closed mouth, cross-faded at pause edges; keep = the generator's.
     silence: Literal["keep", "rest"] = "rest"

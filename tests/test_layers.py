@@ -82,7 +82,7 @@ def test_unexpected_errors_exit_1_with_the_traceback_in_a_log(tmp_path, monkeypa
     def broken(*args, **kwargs):
         raise ValueError("a bug deep inside: list index out of range")
 
-    monkeypatch.setattr(cli, "run_render", broken)
+    monkeypatch.setattr("lipsync.render.render", broken)  # the CLI imports it when the command runs
     result = CliRunner().invoke(cli.app, ["render", "--character", "c", "--audio", "a.wav", "-o",
                                           str(tmp_path / "o.mp4")])
     assert result.exit_code == 1, result.output
@@ -99,7 +99,7 @@ def test_input_errors_still_exit_2(tmp_path, monkeypatch):
     def bad_input(*args, **kwargs):
         raise InputError(tmp_path / "a.wav", "audio is empty")
 
-    monkeypatch.setattr(cli, "run_render", bad_input)
+    monkeypatch.setattr("lipsync.render.render", bad_input)
     result = CliRunner().invoke(cli.app, ["render", "--character", "c", "--audio", "a.wav", "-o",
                                           str(tmp_path / "o.mp4")])
     assert result.exit_code == 2 and "a.wav: audio is empty" in " ".join(result.output.split())

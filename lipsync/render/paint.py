@@ -13,13 +13,19 @@ from lipsync.bundle import Character
 from lipsync.config import RenderConfig
 from lipsync.data.inputs import generator_input, to_image
 from lipsync.face import geometry
+from lipsync.render.backend import compile_generator
 from lipsync.render.rest import RestingMouth, rested_crop
 from lipsync.runtime import autocast
 
 
 def prepare_for_inference(character: Character, cfg: RenderConfig) -> None:
-    """Put the generator in the memory format measured fastest (channels_last; see BENCHMARKS.md)."""
-    if cfg.channels_last:
+    """Put the generator in the memory format measured fastest (channels_last; see BENCHMARKS.md),
+    or compile it with the configured backend (lipsync.render.backend)."""
+    device = next(character.generator.parameters()).device
+    character.compiled_generator = compile_generator(character.generator, character.size,
+                                                     tuple(character.generator_config.audio_shape), cfg.backend,
+                                                     cfg.precision, device, cfg.torch_threads)
+    if cfg.channels_last and character.compiled_generator is None:
         character.generator.to(memory_format=torch.channels_last)
 
 
@@ -36,6 +42,8 @@ def model_input(character: Character, face: np.ndarray) -> np.ndarray:
 
 def paint(character: Character, inputs: np.ndarray, audio: np.ndarray, cfg: RenderConfig) -> np.ndarray:
     """Generator forward: (B, 6, S, S) + (B, *context_shape) -> (B, 3, S, S) float32 on the CPU."""
+    if character.compiled_generator is not None:
+        return character.compiled_generator(inputs, audio)
     device = next(character.generator.parameters()).device
     x = torch.from_numpy(inputs).to(device, non_blocking=True)
     a = torch.from_numpy(audio).to(device, non_blocking=True)
