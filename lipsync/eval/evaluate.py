@@ -403,35 +403,36 @@ def _fmt(value, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
-def markdown_table(result: dict) -> str:
-    """The evaluation as a Markdown table, one row per variant (and the real frames' sync)."""
-    lines = ["| variant | PSNR full | SSIM full | PSNR mouth | SSIM mouth | LMD (px @320) | LSE-D | LSE-C | offset |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    m = result["metrics"]
+def _table(result: dict, header: tuple[str, ...], cells: Callable[[dict], list[str]]) -> str:
+    """A Markdown table with one row per variant and the real frames: `cells(row)` after the name."""
+    lines = ["| " + " | ".join(("variant", *header)) + " |", "|" + "---|" * (len(header) + 1)]
     for name in (*VARIANTS, "real"):
-        row = m[name]
+        lines.append("| " + " | ".join([name, *cells(result["metrics"][name])]) + " |")
+    return "\n".join(lines)
+
+
+def markdown_table(result: dict) -> str:
+    """The evaluation as Markdown: fidelity and sync per variant, then what viewers see (viewer_table)."""
+    def cells(row: dict) -> list[str]:
         sync = row.get("sync") or {}
-        lines.append(" | ".join([
-            f"| {name}", _fmt(row.get("psnr_full"), 2), _fmt(row.get("ssim_full"), 4), _fmt(row.get("psnr_mouth"), 2),
-            _fmt(row.get("ssim_mouth"), 4), _fmt(row.get("lmd"), 2), _fmt(sync.get("distance"), 4),
-            _fmt(sync.get("confidence"), 4), str(sync.get("offset", "-")),
-        ]) + " |")
-    return "\n".join(lines) + "\n\n" + viewer_table(result)
+        return [_fmt(row.get("psnr_full"), 2), _fmt(row.get("ssim_full"), 4), _fmt(row.get("psnr_mouth"), 2),
+                _fmt(row.get("ssim_mouth"), 4), _fmt(row.get("lmd"), 2), _fmt(sync.get("distance"), 4),
+                _fmt(sync.get("confidence"), 4), str(sync.get("offset", "-"))]
+
+    header = ("PSNR full", "SSIM full", "PSNR mouth", "SSIM mouth", "LMD (px @320)", "LSE-D", "LSE-C", "offset")
+    return _table(result, header, cells) + "\n\n" + viewer_table(result)
 
 
 def viewer_table(result: dict) -> str:
     """What viewers see, per variant next to the real footage: lip jitter (px @320 per frame), mouth
     flicker (grey levels per frame), sharpness (Laplacian variance), seam colour / gradient at the
     paste box, and aperture / motion in silent frames."""
-    lines = ["| variant | jitter | flicker | sharpness | seam colour | seam gradient | silent frames | "
-             "silent aperture | silent motion |", "|---|---|---|---|---|---|---|---|---|"]
-    m = result["metrics"]
-    for name in (*VARIANTS, "real"):
-        row = m[name]
+    def cells(row: dict) -> list[str]:
         silent = row.get("silent") or {}
-        lines.append(" | ".join([
-            f"| {name}", _fmt(row.get("jitter"), 2), _fmt(row.get("flicker"), 2), _fmt(row.get("sharpness"), 1),
-            _fmt(row.get("seam_colour"), 2), _fmt(row.get("seam_gradient"), 2), str(silent.get("frames", "-")),
-            _fmt(silent.get("aperture"), 3), _fmt(silent.get("motion"), 3),
-        ]) + " |")
-    return "\n".join(lines)
+        return [_fmt(row.get("jitter"), 2), _fmt(row.get("flicker"), 2), _fmt(row.get("sharpness"), 1),
+                _fmt(row.get("seam_colour"), 2), _fmt(row.get("seam_gradient"), 2), str(silent.get("frames", "-")),
+                _fmt(silent.get("aperture"), 3), _fmt(silent.get("motion"), 3)]
+
+    header = ("jitter", "flicker", "sharpness", "seam colour", "seam gradient", "silent frames", "silent aperture",
+              "silent motion")
+    return _table(result, header, cells)
