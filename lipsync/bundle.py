@@ -177,8 +177,8 @@ def save_bundle(out_uri: str, *, name: str, preset: str, generator: Generator, a
         # 2. templates
         n = int(meta["n_frames"])
         _copy_templates(dataset_dir, tmp / TEMPLATES_DIR, n)
-        for name, path in (extra_files or {}).items():
-            shutil.copyfile(path, tmp / name)
+        for file_name, path in (extra_files or {}).items():  # not `name`: that is the character's
+            shutil.copyfile(path, tmp / file_name)
         # 3. bundle.json, last
         info = {
             "bundle_format": BUNDLE_FORMAT,

@@ -356,6 +356,7 @@ def test_cli_trains_a_bundle_with_a_pretrained_audio_encoder(prepared_obama, tmp
     for stage in ("syncnet", "generator"):
         assert [r["stage_step"] for r in history if r["stage"] == stage and "loss" in r] == [1, 2], stage
     assert info["train"]["history"] == METRICS_FILE and (out / CURVE_FILE).is_file()
+    assert info["name"] == "obama" == character.name  # the character's, not a file copied beside it
 
 
 def test_loss_curve_has_a_panel_per_stage_and_the_reference_copy_baseline():
