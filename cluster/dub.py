@@ -194,7 +194,8 @@ class RenderShards:
 
     A catalog may name several characters, so the actor cannot know in `__init__` which to load;
     it loads each on first use and keeps the last `character_cache` of them (and the last
-    `feature_cache` items' audio features): a model is loaded once per actor, not per shard.
+    `feature_cache` items' audio features and, in their own cache of the same size, rest weights):
+    a model is loaded once per actor, not per shard.
     """
 
     def __init__(self, cfg: DubConfig, device: str):
@@ -211,6 +212,7 @@ class RenderShards:
 
         self.characters = P.LruCache(load, cfg.character_cache)
         self.features = P.LruCache(P.load_array, cfg.feature_cache)
+        self.rest_weights = P.LruCache(P.load_array, cfg.feature_cache)  # apart: they must not evict features
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["item_id"]))]
@@ -235,7 +237,7 @@ class RenderShards:
                 return True
             character = self.characters.get(str(row["character"]))
             feats = self.features.get(str(row["feats"]))
-            rest = self.features.get(str(row["rest"])) if str(row.get("rest", "")) else None
+            rest = self.rest_weights.get(str(row["rest"])) if str(row.get("rest", "")) else None
             with storage.atomic_file(segment) as tmp:
                 render_segment(character, feats, a, b, tmp, cfg=self.cfg.render, crf=int(row["crf"]),
                                start_frame=int(row["start_frame"]), rest=rest)
