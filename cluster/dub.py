@@ -79,10 +79,10 @@ from lipsync.dub.retry import call_with_retries
 from lipsync.dub.stitch import StitchResult, stitch_segments
 from lipsync.errors import InputError, MediaError
 from lipsync.io import media, storage
+from lipsync.io.storage import json_safe
 from lipsync.render import render_segment
-from lipsync.render.paint import prepare_for_inference
+from lipsync.render.paint import prepare_for_inference, warm_up
 from lipsync.eval.aperture import dub_mouth_stats
-from lipsync.eval.evaluate import json_safe
 from lipsync.render.preview import template_boxes, write_video_preview
 from lipsync.runtime import resolve_device
 
@@ -198,7 +198,7 @@ class RenderShards:
     a model is loaded once per actor, not per shard.
     """
 
-    def __init__(self, cfg: DubConfig, device: str):
+    def __init__(self, cfg: DubConfig, device: str, warm: tuple[str, ...] = ()):
         self.cfg = cfg
         self.device = resolve_device(device)
         # Ray exports OMP_NUM_THREADS = num_cpus, but torch in a Ray worker starts with 1 thread
@@ -208,11 +208,23 @@ class RenderShards:
         def load(uri: str):
             character = load_character(uri, device=self.device)
             prepare_for_inference(character, cfg.render)
+            warm_up(character, cfg.render)
             return character
 
         self.characters = P.LruCache(load, cfg.character_cache)
         self.features = P.LruCache(P.load_array, cfg.feature_cache)
         self.rest_weights = P.LruCache(P.load_array, cfg.feature_cache)  # apart: they must not evict features
+        self._load_early(warm)
+
+    def _load_early(self, uris: tuple[str, ...]) -> None:
+        """Load (and warm up) the characters of the catalog's first rows now, while those rows are
+        still being planned, so the first shard does not wait for them. A character that does not
+        load is left for its items to report (plan fails them with the reason)."""
+        for uri in uris[:self.cfg.character_cache]:
+            try:
+                self.characters.get(uri)
+            except Exception as e:  # noqa: BLE001 - reported per item, not by the actor
+                logger.debug("character %s not loaded early: %s", uri, one_line(e))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["item_id"]))]
@@ -299,8 +311,15 @@ def dub_dataset(items: list[CatalogItem], legacy: dict[str, dict[str, Any]], out
         PlanRows, fn_constructor_kwargs={"output_root": output_root, "run": run, "cfg": cfg, "overwrite": overwrite},
         compute=plan_pool(cfg, blocks, cpus - render_pool.min_size * cfg.actor_cpus), num_cpus=cfg.plan_cpus)
     return planned.map_batches(
-        RenderShards, fn_constructor_kwargs={"cfg": cfg, "device": device}, batch_size=1,
+        RenderShards, fn_constructor_kwargs={"cfg": cfg, "device": device, "warm": first_characters(items, cfg)},
+        batch_size=1,
         compute=render_pool, **actor_resources(cfg, device))
+
+
+def first_characters(items: list[CatalogItem], cfg: DubConfig, rows: int = 16) -> tuple[str, ...]:
+    """The distinct characters of the catalog's first `rows` rows, in order (at most character_cache):
+    what a render actor loads before its first shard arrives."""
+    return tuple(dict.fromkeys(i.character for i in items[:rows]))[:cfg.character_cache]
 
 
 def plan_pool(cfg: DubConfig, blocks: int, free_cpus: float) -> ray.data.ActorPoolStrategy:

@@ -485,8 +485,8 @@ def eval_(
     existed): `--json -` prints the metrics JSON on stdout (docs/DECISIONS.md).
     """
     with contextlib.ExitStack() as stack, reported_errors("eval"):
-        from lipsync.eval import evaluate, markdown_table
-        from lipsync.eval.evaluate import json_safe
+        from lipsync.eval.evaluate import evaluate, markdown_table
+        from lipsync.io.storage import json_safe
 
         to_stdout = json_out == "-"
         if out or not to_stdout:

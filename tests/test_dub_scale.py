@@ -179,3 +179,43 @@ def test_two_concurrent_runs_over_disjoint_halves_keep_all_their_manifest_entrie
     for item_id, entry in entries.items():
         assert entry["sha256"] == storage.file_sha256(out / f"{item_id}.mp4")
     assert len([p for p in reports(out) if not p.name.endswith("-progress.json")]) == 2
+
+
+# --- cold start (time to the first shard) -----------------------------------------------------------
+
+
+def test_importing_the_dub_module_leaves_out_the_heavy_libraries_no_worker_needs_at_start():
+    """Every plan, render and stitch worker imports cluster.dub before its first row: it must not
+    bring the evaluation stack (torchmetrics, transformers, matplotlib) or scipy.signal/librosa.core
+    (measured: 4.2 s of a cold worker's start before they were made lazy; docs/BENCHMARKS.md)."""
+    heavy = ["torchmetrics", "transformers", "matplotlib", "scipy.signal", "librosa.core", "numba", "onnxruntime",
+             "mediapipe"]
+    code = ("import sys, cluster.dub; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"cluster.dub imports {out.stdout.strip()} at start"
+
+
+def test_first_characters_are_the_distinct_characters_of_the_first_rows_up_to_the_cache():
+    from cluster.dub import first_characters
+    from lipsync.dub.catalog import CatalogItem
+
+    items = [CatalogItem(f"i{k}", c, "a.wav", f"o{k}.mp4", row=k + 1) for k, c in enumerate("abacdb")]
+    cfg = load_config(DubConfig, overrides=["character_cache=2"])
+    assert first_characters(items, cfg) == ("a", "b")
+    assert first_characters(items, load_config(DubConfig, overrides=["character_cache=8"])) == ("a", "b", "c", "d")
+    assert first_characters(items, cfg, rows=1) == ("a",)
+    assert first_characters([], cfg) == ()
+
+
+@pytest.mark.media
+def test_a_render_actor_loads_its_first_characters_at_start_and_survives_one_that_does_not_load(
+        character, tmp_path):  # noqa: F811
+    from cluster.dub import RenderShards
+
+    cfg = load_config(DubConfig, overrides=["device=cpu"])
+    missing = str(tmp_path / "no_such_character")
+    actor = RenderShards(cfg, "cpu", warm=(missing, character))
+    assert actor.characters.loads == 1  # the good one, loaded (and warmed up) before any row
+    actor.characters.get(character)
+    assert actor.characters.loads == 1  # the first shard of it does not load it again

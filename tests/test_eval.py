@@ -245,7 +245,7 @@ class CopyReference(nn.Module):
 @pytest.mark.media
 def test_evaluate_known_answer_with_a_copying_generator(tiny_bundle, clip_dataset, tmp_path):
     from lipsync.bundle import load_character
-    from lipsync.eval import evaluate
+    from lipsync.eval.evaluate import evaluate
 
     character = load_character(tiny_bundle, device="cpu")
     character.generator = CopyReference()
@@ -320,7 +320,7 @@ def test_eval_uses_the_split_and_pairing_the_bundle_was_trained_with(clip_datase
     import json
 
     from lipsync.config import EvalConfig, load_config
-    from lipsync.eval import evaluate
+    from lipsync.eval.evaluate import evaluate
     from lipsync.train import train_character
 
     cfg = load_config(TrainConfig, None, ["preset=tiny", "syncnet_steps=2", "generator_steps=2", "batch_size=2",

@@ -19,7 +19,6 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-from scipy.signal import lfilter
 
 from lipsync.config import AudioConfig
 
@@ -52,6 +51,8 @@ def _biquad_high_pass(rate: int, fc: float = 38.0, q: float = 0.5):
 
 def _step_energies(chunks: Iterable[np.ndarray], rate: int) -> tuple[np.ndarray, float]:
     """Sum of squares of the K-weighted signal per 100 ms step, and the peak |sample|."""
+    from scipy.signal import lfilter  # here, not at the top: a render worker never needs scipy (0.7 s)
+
     filters = [_biquad_high_shelf(rate), _biquad_high_pass(rate)]
     states = [np.zeros(2) for _ in filters]
     step = int(round(STEP_S * rate))

@@ -21,7 +21,6 @@ import functools
 
 import librosa
 import numpy as np
-import scipy.signal
 
 from lipsync.config import AudioConfig
 
@@ -60,7 +59,22 @@ def _mel_basis(cfg: AudioConfig) -> np.ndarray:
 
 def _preemphasis(wav: np.ndarray, k: float) -> np.ndarray:
     """y[n] = x[n] - k * x[n-1] with x[-1] = 0 (a first-order high-pass that lifts the consonants)."""
-    return scipy.signal.lfilter([1.0, -k], [1.0], wav).astype(np.float32)
+    return _preemphasis_from(np.asarray(wav), k, 0.0)
+
+
+def _preemphasis_from(x: np.ndarray, k: float, previous: float) -> np.ndarray:
+    """Preemphasis of x given the sample before it, in float64 then rounded to float32.
+
+    The same numbers as scipy.signal.lfilter([1, -k], [1], x, zi=[-k * previous]) (two-term sums
+    are exact in either order); numpy alone, because importing scipy.signal costs a render or plan
+    worker 0.7 s (docs/BENCHMARKS.md, cold start).
+    """
+    x = x.astype(np.float64)
+    y = x.copy()
+    y[1:] -= k * x[:-1]
+    if y.size:
+        y[0] -= k * previous
+    return y.astype(np.float32)
 
 
 def _amp_to_db(x: np.ndarray, cfg: AudioConfig) -> np.ndarray:
@@ -114,7 +128,7 @@ class MelStream:
 
     push(chunk) returns the mel columns that are final once `chunk` is known; finish() returns
     the rest. Concatenated along time they equal melspectrogram(all samples) (to float32
-    rounding): preemphasis carries its one-sample state across chunks (lfilter's `zi`), and the
+    rounding): preemphasis carries its one-sample state across chunks (the last input sample), and the
     centred STFT is computed as an uncentred one over the padded stream, whose padding
     (`stft_pad_mode`, n_fft // 2 samples each side) is built from the first and the last
     n_fft // 2 + 1 samples exactly as np.pad builds it for the whole signal. Audio shorter than
@@ -128,7 +142,7 @@ class MelStream:
         self.n_samples = 0  # samples pushed so far
         self.n_columns = 0  # mel columns returned so far
         self._pad = cfg.n_fft // 2
-        self._zi = np.zeros(1)  # preemphasis state: the previous input sample times -k
+        self._previous = 0.0  # preemphasis state: the last input sample
         self._head: list[np.ndarray] | None = []  # emphasised samples until streaming starts
         self._head_len = 0
         self._buf = np.zeros(0, np.float32)  # the padded stream from the next frame's first sample
@@ -147,9 +161,9 @@ class MelStream:
         if chunk.size == 0:
             return self._empty()
         self.n_samples += chunk.size
-        y, self._zi = scipy.signal.lfilter([1.0, -self.cfg.preemphasis], [1.0],
-                                           chunk.astype(np.float32, copy=False), zi=self._zi)
-        y = y.astype(np.float32)
+        chunk = chunk.astype(np.float32, copy=False)
+        y = _preemphasis_from(chunk, self.cfg.preemphasis, self._previous)
+        self._previous = float(chunk[-1])
         if self._head is not None:
             self._head.append(y)
             self._head_len += y.size

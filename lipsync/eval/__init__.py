@@ -1,28 +1,7 @@
-"""Evaluation: quality metrics (metrics.py) and the self-reconstruction evaluation (evaluate.py)."""
+"""Evaluation: quality metrics (metrics.py), the self-reconstruction evaluation (evaluate.py) and
+mouth-aperture statistics of dubs (aperture.py).
 
-from lipsync.eval.evaluate import EvalConfig, evaluate, held_out_frames, markdown_table
-from lipsync.eval.metrics import (
-    SyncScore,
-    lip_indices,
-    lip_points,
-    lmd,
-    mouth_box,
-    psnr,
-    ssim,
-    sync_score,
-)
-
-__all__ = [
-    "EvalConfig",
-    "SyncScore",
-    "evaluate",
-    "held_out_frames",
-    "lip_indices",
-    "lip_points",
-    "lmd",
-    "markdown_table",
-    "mouth_box",
-    "psnr",
-    "ssim",
-    "sync_score",
-]
+Import from the submodules (`from lipsync.eval.evaluate import evaluate`): the package itself
+imports nothing, so a dub worker that needs aperture.py does not pay for torchmetrics and the
+training code that evaluate.py brings (a cold start cost; docs/BENCHMARKS.md).
+"""

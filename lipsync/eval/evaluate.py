@@ -41,6 +41,7 @@ from lipsync.eval import metrics
 from lipsync.face import geometry
 from lipsync.face.landmarks import FaceMeshDetector
 from lipsync.io import media, storage
+from lipsync.io.storage import json_safe
 from lipsync.render.paint import (
     model_crop,
     model_input,
@@ -267,17 +268,6 @@ def _strip_png(rows: list[list[np.ndarray]], labels: tuple[str, ...]) -> bytes:
     if not ok:
         raise RuntimeError("PNG encoding of the strip failed")
     return png.tobytes()
-
-
-def json_safe(value):
-    """Non-finite floats (PSNR of identical images) become null: JSON has no inf."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from lipsync.face.geometry import to_crop_coords
 from lipsync.models.syncnet import lower_face, sync_similarity
@@ -63,6 +62,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     _check_pair(a, b)
     if min(a.shape[:2]) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {a.shape[:2]}")
+    from torchmetrics.functional.image import structural_similarity_index_measure  # heavy (1.5 s): here only
+
     value = structural_similarity_index_measure(_to_nchw(a), _to_nchw(b), data_range=1.0)
     return float(value)
 

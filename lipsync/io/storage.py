@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import posixpath
 import shutil
@@ -160,6 +161,17 @@ def write_text(uri: Uri, text: str, encoding: str = "utf-8") -> None:
 
 def read_json(uri: Uri) -> Any:
     return json.loads(read_bytes(uri))
+
+
+def json_safe(value: Any) -> Any:
+    """Non-finite floats (PSNR of identical images) become null: JSON has no inf (recursive)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def write_json(uri: Uri, obj: Any) -> None:

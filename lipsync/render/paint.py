@@ -54,6 +54,18 @@ def paint(character: Character, inputs: np.ndarray, audio: np.ndarray, cfg: Rend
     return out.float().cpu().numpy()
 
 
+def warm_up(character: Character, cfg: RenderConfig) -> None:
+    """One generator forward on zeros at the render's batch shape, output discarded.
+
+    The first forward pays the kernels' set-up (oneDNN primitives, CUDA context and autotuning); a
+    dub actor does it while the first item is still being planned, so the first shard does not.
+    """
+    size = character.size
+    inputs = np.zeros((cfg.batch_size, 6, size, size), np.float32)  # (B, 6, S, S)
+    audio = np.zeros((cfg.batch_size, *character.generator_config.audio_shape), np.float32)  # (B, *context)
+    paint(character, inputs, audio, cfg)
+
+
 def match_colour(generated: np.ndarray, template: np.ndarray, band: int) -> np.ndarray:
     """(S, S, 3) uint8 generated crop with each channel shifted so that its mean over the border band
     (`band` px wide) equals the template's there: the generator's colour drift leaves no seam."""
