@@ -11,6 +11,10 @@ manifest bytes written (every write under _manifest*, counted in the driver), th
 first rendered shard (from before Ray starts to the driver seeing the first shard row) and the
 plan share.
 
+--head: each size runs against its own `ray start --head` (2 CPUs, started before the clock, stopped
+by its process group; tests/servers.py starts it), as `ray job submit` finds its cluster: run_dub
+connects instead of starting a private Ray, so the first-shard time is the job's own cold start.
+
 --code DIR runs another checkout's cluster/ and lipsync/ (e.g. a copy of the code before issue
 10) with the same catalog; --driver-only N feeds N synthetic shard rows through the driver's
 bookkeeping (plan rows, per-item manifest records to a local dir, result spool, final report),
@@ -41,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--driver-only", type=int, default=0, help="items for the driver-only measurement")
     p.add_argument("--legacy-manifest", type=int, default=0,
                    help="items for the cost of the old whole-file manifest rewrite (measured alone)")
+    p.add_argument("--head", action="store_true", help="run against a separate Ray head (ray job submit's case)")
+    p.add_argument("--address", default=None, help=argparse.SUPPRESS)  # child: the head's GCS address
     p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child: one real run, JSON out
     return p.parse_args()
 
@@ -92,7 +98,7 @@ def count_manifest_bytes() -> list[int]:
     return written
 
 
-def one_run(n: int, work: Path) -> dict:
+def one_run(n: int, work: Path, address: str | None = None) -> dict:
     """Child process: one real run of n items; JSON on stdout."""
     from dub import build_character
 
@@ -112,13 +118,13 @@ def one_run(n: int, work: Path) -> dict:
         if p.frames_done and not first:
             first.append(time.monotonic() - t0)
 
-    run = run_dub(str(catalog), str(run_dir / "out"), cfg, progress=progress)
+    run = run_dub(str(catalog), str(run_dir / "out"), cfg, progress=progress, address=address)
     wall = time.monotonic() - t0
     t = run.report["timings"]
     return {"items": n, "ok": run.report["counts"]["ok"], "frames": run.report["frames_rendered"], "wall_s": wall,
             "per_item_s": wall / n, "peak_rss_mb": peak_rss_mb(), "manifest_bytes": written[0],
             "first_shard_s": first[0] if first else None, "plan_share": t.get("plan_s", 0) / t["total_s"],
-            "ray_init_s": t.get("ray_init_s", 0)}
+            "ray_init_s": t.get("ray_init_s", 0), "ray": "connected to a head" if address else "embedded"}
 
 
 def driver_only(n: int) -> dict:
@@ -172,6 +178,14 @@ def legacy_manifest(n: int) -> dict:
     return {"items": n, "legacy_manifest_s": time.monotonic() - t0, "manifest_bytes": written[0]}
 
 
+def start_head():
+    """A 2-CPU `ray start --head` in its own process group (the tests' helper; stopped by the caller)."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from servers import start_ray_head
+
+    return start_ray_head(num_cpus=2)
+
+
 def main() -> int:
     args = parse_args()
     work = Path(args.work)
@@ -179,7 +193,7 @@ def main() -> int:
     code = Path(args.code).resolve() if args.code else HERE.parent
     sys.path[:0] = [str(HERE), str(code)]
     if args.one:
-        print("RESULT " + json.dumps(one_run(args.one, work)), flush=True)
+        print("RESULT " + json.dumps(one_run(args.one, work, args.address)), flush=True)
         return 0
     if args.legacy_manifest:
         print(json.dumps(legacy_manifest(args.legacy_manifest)), flush=True)
@@ -187,10 +201,17 @@ def main() -> int:
     if args.driver_only:
         print(json.dumps(driver_only(args.driver_only)), flush=True)
         return 0
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(HERE)]), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(HERE)]), "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "disabled"}  # as the tests: the --head Ray runs without token auth
     for n in (int(x) for x in args.items.split(",")):
-        proc = subprocess.run([sys.executable, str(code / "bench" / "dub_scale.py"), "--one", str(n), "--work",
-                               str(work), "--code", str(code)], cwd=code, env=env, capture_output=True, text=True, check=False)
+        head = start_head() if args.head else None
+        try:
+            proc = subprocess.run([sys.executable, str(code / "bench" / "dub_scale.py"), "--one", str(n), "--work",
+                                   str(work), "--code", str(code)] + (["--address", head.gcs_address] if head else []),
+                                  cwd=code, env=env, capture_output=True, text=True, check=False)
+        finally:
+            if head is not None:
+                head.stop()
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
             print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from clips import OBAMA, prepare_clip
-from lipsync.bundle import load_character, save_bundle
+from lipsync.bundle import save_bundle
 from lipsync.config import AudioConfig, GeometryConfig
-from lipsync.eval.aperture import compare_apertures, template_apertures
+from lipsync.eval.aperture import compare_apertures, footage_apertures
 from lipsync.io import media
 from lipsync.models import build_generator, build_syncnet
 from lipsync.models.audio_encoder import AudioEncoder
@@ -52,7 +52,7 @@ def bundle(media_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.media
 def test_real_footage_measures_an_open_and_moving_mouth(bundle):
-    real = template_apertures(load_character(str(bundle)))
+    real = footage_apertures(str(bundle))
     assert len(real) == 75
     report = compare_apertures(real, real)
     assert report["real"]["std"] > 0.02 and report["real"]["p95"] > 2 * report["real"]["p5"]  # he speaks

@@ -290,3 +290,17 @@ def test_cli_rejects_a_bad_catalog_with_exit_code_2_before_starting_ray(tmp_path
     assert not (tmp_path / "out").exists()  # nothing ran
     bad_option = CliRunner().invoke(app, ["dub", str(cat), "--output-root", "o", "--actors", "3:1"])
     assert bad_option.exit_code == 2 and "--actors" in bad_option.output
+
+
+@pytest.mark.media
+def test_the_quick_start_catalog_names_the_shared_clips_relative_to_itself(media_dir, tmp_path):
+    """README's `lipsync dub examples/quickstart_catalog.csv`: its audio resolves to ../shared/media
+    from the catalog's own directory, wherever the command runs; outputs land under the root."""
+    from pathlib import Path
+
+    catalog = Path(__file__).resolve().parents[1] / "examples" / "quickstart_catalog.csv"
+    items = read_catalog(str(catalog), str(tmp_path / "dubs"))
+    assert [i.id for i in items] == ["radio34", "news"]
+    assert all(Path(i.audio).resolve().parent == media_dir.resolve() and Path(i.audio).exists() for i in items)
+    assert items[1].output == str(tmp_path / "dubs" / "news" / "obama_news.mp4")
+    assert items[0].output.startswith(str(tmp_path / "dubs")) and items[0].output.endswith(".mp4")

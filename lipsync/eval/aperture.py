@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from lipsync.bundle import Character, load_character
+from lipsync.bundle import TEMPLATES_DIR, Character, load_character
 from lipsync.config import RenderConfig
+from lipsync.data import layout
 from lipsync.errors import InputError
 from lipsync.face import geometry
 from lipsync.face.landmarks import FaceMeshDetector
 from lipsync.io import media, storage
 from lipsync.render.paint import prepare_for_inference
 from lipsync.render.pipeline import render
+from lipsync.render.preview import template_boxes
 from lipsync.runtime import resolve_device
-
-ProgressFn = Callable[[int, int], None]
-
 
 def apertures_of(frames: Iterable[np.ndarray]) -> np.ndarray:
     """Inner-lip aperture of each frame with a detected face (frames without one are left out)."""
@@ -64,24 +63,33 @@ def compare_apertures(dub: np.ndarray, real: np.ndarray) -> dict:
             "inside_real_range": inside}
 
 
-def template_apertures(character: Character) -> np.ndarray:
-    """Apertures of the character's real footage: its template frames in order."""
-    return apertures_of(media.read_image(character.template_path(t)) for t in range(character.n_templates))
-
-
 @functools.lru_cache(maxsize=4)
-def _footage_apertures(character_uri: str) -> np.ndarray:
-    return template_apertures(load_character(character_uri))
+def footage_apertures(character_uri: str) -> np.ndarray:
+    """Apertures of the character's real footage: its template frames in order, read alone (no
+    model is loaded); measured once per process and character."""
+    n = len(template_boxes(character_uri))
+    frames_dir = storage.join(str(character_uri), TEMPLATES_DIR, layout.FRAMES_DIR)
+
+    def frames():
+        for t in range(n):
+            with storage.local_copy(storage.join(frames_dir, f"{t}.jpg")) as local:
+                yield media.read_image(local)
+
+    return apertures_of(frames())
 
 
-def dub_mouth_stats(video_uri: str, character_uri: str) -> dict:
-    """`compare_apertures` of a published dub against its character's footage (the footage's
-    apertures are measured once per process and character)."""
+def video_apertures(video_uri: str, named: str) -> np.ndarray:
+    """Apertures of every frame of a dub; InputError naming `named` when no frame shows a face."""
     with storage.local_copy(video_uri) as local:
         dub = apertures_of(media.iter_video_frames(local))
     if dub.size == 0:
-        raise InputError(video_uri, "no face was detected in any frame of the dub")
-    return compare_apertures(dub, _footage_apertures(str(character_uri)))
+        raise InputError(named, "no face was detected in any frame of the dub")
+    return dub
+
+
+def dub_mouth_stats(video_uri: str, character_uri: str) -> dict:
+    """`compare_apertures` of a published dub against its character's footage."""
+    return compare_apertures(video_apertures(video_uri, video_uri), footage_apertures(str(character_uri)))
 
 
 def unseen_speech(character_uri: str, audio_uri: str, render_cfg: RenderConfig = RenderConfig(), *,
@@ -97,11 +105,8 @@ def unseen_speech(character_uri: str, audio_uri: str, render_cfg: RenderConfig =
     with tempfile.TemporaryDirectory(prefix="lipsync-aperture-") as tmp:
         out = dub_out or str(Path(tmp) / "dub.mp4")
         result = render(character_uri, audio_uri, out, render_cfg, overwrite=True, character=character)
-        with storage.local_copy(out) as local:
-            dub = apertures_of(media.iter_video_frames(local))
-    if dub.size == 0:
-        raise InputError(audio_uri, "no face was detected in any frame of the dub")
-    report = compare_apertures(dub, template_apertures(character))
+        dub = video_apertures(out, audio_uri)
+    report = compare_apertures(dub, footage_apertures(str(character_uri)))
     report.update(audio=audio_uri, frames_rendered=result.frames, silence=render_cfg.silence,
                   resting_frames=result.stats.resting)
     return report

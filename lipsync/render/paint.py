@@ -88,7 +88,7 @@ def painted_frame(character: Character, frame: np.ndarray, box: np.ndarray, crop
     the output is not used (it may be None).
     """
     if rest is not None and rest_weight >= 1.0:
-        return geometry.paste_back(frame, box, rested_crop(crop_full, crop_full, rest, 1.0), character.geometry)
+        return geometry.paste_back(frame, box, rested_crop(crop_full, None, rest, 1.0), character.geometry)
     if output is None or not np.isfinite(output).all():
         return None
     m, s = character.margin, character.size

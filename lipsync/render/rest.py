@@ -67,13 +67,20 @@ def resting_mouth(character: Character, cfg: RenderConfig) -> RestingMouth:
     return RestingMouth(template=t, aperture=aperture, crop=crop_full, alpha=band_alpha(character, cfg))
 
 
-def rested_crop(crop_full: np.ndarray, generated_crop: np.ndarray, mouth: RestingMouth, weight: float) -> np.ndarray:
+def rested_crop(crop_full: np.ndarray, generated_crop: np.ndarray | None, mouth: RestingMouth,
+                weight: float) -> np.ndarray:
     """The crop to paste for a frame with rest weight `weight` in (0, 1].
 
     crop_full: the template's own (S+2m)^2 crop; generated_crop: the same with the generated inner
-    S x S. Result: (1 - w) * generated + w * (template with the resting band), as uint8.
+    S x S (not used, and may be None, at weight 1). Result: (1 - w) * generated + w * (template with
+    the resting band), as uint8.
     """
     real = crop_full.astype(np.float32)
     rested = real + mouth.alpha * (mouth.crop.astype(np.float32) - real)
-    out = generated_crop.astype(np.float32) * (1.0 - weight) + rested * weight
+    if weight >= 1.0:
+        out = rested
+    else:
+        if generated_crop is None:
+            raise ValueError(f"a rest weight of {weight} < 1 needs the generated crop")
+        out = generated_crop.astype(np.float32) * (1.0 - weight) + rested * weight
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
