@@ -92,6 +92,7 @@ LOCAL_RAY_IP = "127.0.0.1"  # the embedded Ray listens here only
 PLAN_BLOCKS_MAX = 1000  # catalog blocks; larger catalogs put several items in a block
 PLAN_ACTORS_MAX = 16  # planning actors at most (each holds plan_cpus and its loaded characters)
 STITCH_BACKLOG_PER_SLOT = 4  # items waiting for a stitch, per stitch slot, before the driver stops reading
+EARLY_LOAD_ROWS = 16  # catalog rows whose characters a render actor loads in its constructor
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ def dub_dataset(items: list[CatalogItem], legacy: dict[str, dict[str, Any]], out
         compute=render_pool, **actor_resources(cfg, device))
 
 
-def first_characters(items: list[CatalogItem], cfg: DubConfig, rows: int = 16) -> tuple[str, ...]:
+def first_characters(items: list[CatalogItem], cfg: DubConfig, rows: int = EARLY_LOAD_ROWS) -> tuple[str, ...]:
     """The distinct characters of the catalog's first `rows` rows, in order (at most character_cache):
     what a render actor loads before its first shard arrives."""
     return tuple(dict.fromkeys(i.character for i in items[:rows]))[:cfg.character_cache]

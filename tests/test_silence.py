@@ -187,3 +187,25 @@ def test_a_pause_across_a_shard_boundary_renders_as_inside_one(character_uri, pa
     two = list(media.iter_video_frames(tmp_path / "a.mp4")) + list(media.iter_video_frames(tmp_path / "b.mp4"))
     assert len(one) == len(two) == len(feats)
     assert all(np.array_equal(x, y) for x, y in zip(one, two))
+
+
+def test_rested_crop_at_full_weight_needs_no_generated_crop_and_cross_fades_below_it():
+    """Pure logic: weight 1 is the template with the resting band (the generator's output is not
+    used, as in a pause); below 1 the generated crop is mixed in, and is then required."""
+    from lipsync.render.rest import RestingMouth, rested_crop
+
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    resting = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    alpha = np.zeros((12, 12, 1), np.float32)
+    alpha[6:] = 1.0  # the band: the lower half
+    mouth = RestingMouth(template=0, aperture=0.0, crop=resting, alpha=alpha)
+    full = rested_crop(crop, None, mouth, 1.0)
+    assert np.array_equal(full[:6], crop[:6]) and np.array_equal(full[6:], resting[6:])
+    generated = np.full_like(crop, 100)
+    assert np.array_equal(rested_crop(crop, generated, mouth, 1.0), full)  # the generated crop is not used
+    half = rested_crop(crop, generated, mouth, 0.5).astype(np.int32)
+    expected = np.rint((generated.astype(np.float32) + full.astype(np.float32)) / 2)
+    assert np.abs(half - expected).max() <= 1
+    with pytest.raises(ValueError, match="needs the generated crop"):
+        rested_crop(crop, None, mouth, 0.5)
