@@ -11,7 +11,10 @@ children not included):
 - plan:   what planning an item does with the audio: `load_audio` + `audio_features` (mel +
   AudioEncoder, untrained weights) + np.save of the features;
 - render (--render): `render_segment` of the item's last 250 frames with a tiny character, from
-  the features of the whole item (memory must not depend on the item's length beyond them).
+  the features of the whole item (memory must not depend on the item's length beyond them);
+- whole (--whole 10,600): the whole `lipsync render` path (`render()`: decode, loudness, features,
+  voice activity, every frame painted and encoded, the mux) of 10 s and 10 min of audio with the
+  tiny character (issue 12: peak RSS for 10 min within 1.2x of 10 s).
 
 `--lipsync-root DIR` runs the cases against another copy of the package (e.g. the previous
 commit: `git archive HEAD lipsync | tar -x -C /tmp/head`), for before/after numbers.
@@ -85,6 +88,14 @@ def run_case(case: str, audio: str, bundle: str | None) -> dict:
     t0 = time.perf_counter()
     outcome = ""
     try:
+        if case == "whole":  # the command's own path only (no decode of ours before it)
+            from lipsync.render.pipeline import render
+
+            with tempfile.TemporaryDirectory() as tmp:
+                result = render(bundle, audio, str(Path(tmp) / "dub.mp4"), cfg)
+            return {"seconds": time.perf_counter() - t0, "base_mb": base_mb,
+                    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "outcome": f"rendered {result.frames} frames"}
         wav = load_audio(audio, cfg, 16000)
         outcome = f"decoded {wav.size / 16000:.0f} s"
         if case in ("plan", "render"):
@@ -144,6 +155,7 @@ def main() -> int:
     p.add_argument("--hours", default="1,4", help="lengths of the long files (the reject case uses the longest)")
     p.add_argument("--render", action="store_true", help="also render the last 250 frames (prepares a dataset)")
     p.add_argument("--lipsync-root", default=str(REPO), help="directory holding the lipsync package to measure")
+    p.add_argument("--whole", default="", help="seconds of audio for whole renders, e.g. 10,600 (tiny character)")
     p.add_argument("--record", action="store_true", help="record the table in docs/BENCHMARKS.md")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--audio", help=argparse.SUPPRESS)
@@ -154,13 +166,19 @@ def main() -> int:
         return 0
     root = Path(args.lipsync_root).resolve()
     hours = sorted(float(h) for h in args.hours.split(","))
+    whole = [int(x) for x in args.whole.split(",") if x]
+    if whole and not args.render:  # only the whole renders
+        hours = []
     files = {h: long_opus(int(h * 3600)) for h in hours}
     short = media_file(SOURCE)
-    bundle = make_bundle() if args.render else None
-    cases = [("reject", files[hours[-1]], f"{hours[-1]:g} h")] if hours[-1] * 3600 > 3600 else []
+    bundle = make_bundle() if args.render or whole else None
+    cases = [("reject", files[hours[-1]], f"{hours[-1]:g} h")] if hours and hours[-1] * 3600 > 3600 else []
     cases += [("plan", short, "21 s")] + [("plan", files[h], f"{h:g} h") for h in hours if h * 3600 <= 3600]
     if args.render:
         cases += [("render", short, "21 s")] + [("render", files[h], f"{h:g} h") for h in hours if h * 3600 <= 3600]
+    cases += [("whole", long_opus(n), f"{n} s") for n in whole]
+    if not hours:
+        cases = [c for c in cases if c[0] == "whole"]
     rows = ["| case | audio | wall s | peak RSS MB (after imports) | outcome |", "|---|---|---|---|---|"]
     print(f"lipsync from {root}")
     for case, audio, label in cases:
