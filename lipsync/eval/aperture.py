@@ -33,6 +33,7 @@ from lipsync.render.pipeline import render
 from lipsync.render.preview import template_boxes
 from lipsync.runtime import resolve_device
 
+
 def apertures_of(frames: Iterable[np.ndarray]) -> np.ndarray:
     """Inner-lip aperture of each frame with a detected face (frames without one are left out)."""
     values = []
