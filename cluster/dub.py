@@ -35,7 +35,9 @@ Without an address (and outside a Ray job) a private local Ray is started, bound
 with no dashboard: nothing of it is reachable from the network (`init_ray`).
 
 Everything here is glue: the work is done by lipsync.dub (plan, stitch, manifest, progress,
-report) and lipsync.render (render_segment), which do not import Ray.
+report) and lipsync.render (render_segment), which do not import Ray. The driver never imports
+torch: the model code (lipsync.bundle, lipsync.render, lipsync.eval.aperture) is imported inside
+what runs on the workers (PlanRows, RenderShards, the stitch task).
 """
 
 from __future__ import annotations
@@ -56,9 +58,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import ray
-import torch
 
-from lipsync.bundle import load_character
 from lipsync.config import DubConfig, to_dict
 from lipsync.dub import manifest
 from lipsync.dub import plan as P
@@ -80,11 +80,6 @@ from lipsync.dub.stitch import StitchResult, stitch_segments
 from lipsync.errors import InputError, MediaError
 from lipsync.io import media, storage
 from lipsync.io.storage import json_safe
-from lipsync.render import render_segment
-from lipsync.render.paint import prepare_for_inference, warm_up
-from lipsync.eval.aperture import dub_mouth_stats
-from lipsync.render.preview import template_boxes, write_video_preview
-from lipsync.runtime import resolve_device
 
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 3  # the run finished; the report says which items failed
@@ -108,6 +103,8 @@ _plan_characters: P.LruCache | None = None  # per worker process, reused by late
 def _plan_character_cache(capacity: int) -> P.LruCache:
     global _plan_characters
     if _plan_characters is None:
+        from lipsync.bundle import load_character
+
         _plan_characters = P.LruCache(lambda uri: load_character(uri, device="cpu"), capacity)
     return _plan_characters
 
@@ -149,6 +146,8 @@ class PlanRows:
     """
 
     def __init__(self, output_root: str, run: str, cfg: DubConfig, overwrite: bool):
+        import torch
+
         self.output_root, self.run, self.cfg, self.overwrite = output_root, run, cfg, overwrite
         torch.set_num_threads(max(1, int(cfg.plan_cpus)))
 
@@ -200,6 +199,12 @@ class RenderShards:
     """
 
     def __init__(self, cfg: DubConfig, device: str, warm: tuple[str, ...] = ()):
+        import torch
+
+        from lipsync.bundle import load_character
+        from lipsync.render.paint import prepare_for_inference, warm_up
+        from lipsync.runtime import resolve_device
+
         self.cfg = cfg
         self.device = resolve_device(device)
         # Ray exports OMP_NUM_THREADS = num_cpus, but torch in a Ray worker starts with 1 thread
@@ -240,6 +245,8 @@ class RenderShards:
         A segment left by an earlier run is reused only when it holds the shard's frame count
         (a failed stitch keeps its segments). Transient storage errors are retried first.
         """
+        from lipsync.render import render_segment
+
         started = time.perf_counter()
         a, b = int(row["frame_start"]), int(row["frame_end"])
         out = {**row_passport(row), "frames": b - a, "reused": False, "seconds": 0.0, "error": ""}
@@ -393,6 +400,8 @@ class StitchFailure:
 def write_item_preview(plan: P.ItemPlan, result: StitchResult, preview: str) -> StitchResult:
     """The item's preview PNG (lipsync.render.preview) from its published output; a preview that
     cannot be made is logged and left out (the dub itself succeeded)."""
+    from lipsync.render.preview import template_boxes, write_video_preview
+
     try:
         write_video_preview(result.output, preview, template_boxes(plan.item.character), n_frames=result.frames,
                             start_frame=plan.item.start_frame)
@@ -438,6 +447,8 @@ def stitch_one(plan: P.ItemPlan, cfg: DubConfig, preview: str | None = None) -> 
 def with_mouth_stats(plan: P.ItemPlan, result: StitchResult) -> StitchResult:
     """The published dub's mouth aperture vs its character's footage (lipsync.eval.aperture); when it
     cannot be measured it is logged and left out (the dub itself succeeded)."""
+    from lipsync.eval.aperture import dub_mouth_stats
+
     try:
         stats = dub_mouth_stats(result.output, plan.item.character)
     except Exception as e:  # noqa: BLE001 - optional figures
@@ -476,6 +487,8 @@ def check_run_device(requested: str, local: bool) -> None:
     if requested != "cuda":
         return
     if local:
+        import torch
+
         if not torch.cuda.is_available():
             raise InputError(None, "--device cuda, but CUDA is not available on this machine (the local Ray's): "
                                    "use --device cpu or auto")

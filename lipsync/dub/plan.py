@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from lipsync.audio import loudness, vad
+from lipsync.audio import loudness
 from lipsync.config import DubConfig, RenderConfig
 from lipsync.dub.catalog import CatalogItem, normalise_uri
 from lipsync.errors import InputError
@@ -261,6 +261,7 @@ def plan_item(item: CatalogItem, *, output_root: str, run: str, cfg: DubConfig, 
     validate the audio, (5) reset a stale work prefix, (6) compute and store the features,
     (7) cut shards.
     """
+    from lipsync.audio import vad  # torch: on the planning worker, not in the driver
     from lipsync.bundle import undertrained_warning
     from lipsync.render import audio_features, load_audio
 
