@@ -8,8 +8,9 @@ different offsets; 50 distinct cuts shared by the rows), one tiny untrained char
 3 s of the Obama clip, shard 25 frames (one shard per item), 1 actor, device cpu, embedded Ray.
 Each size runs in a fresh child process (clean RSS). Prints per-item wall time, driver peak RSS,
 manifest bytes written (every write under _manifest*, counted in the driver), the time to the
-first rendered shard (from before Ray starts to the driver seeing the first shard row) and the
-plan share.
+first rendered shard (from before Ray starts to the driver seeing the first shard row; and from
+the job's start: plus the driver's own imports, timed in the child, which imports only what a
+job's driver does: the parent builds the character and the cuts) and the plan share.
 
 --head: each size runs against its own `ray start --head` (2 CPUs, started before the clock, stopped
 by its process group; tests/servers.py starts it), as `ray job submit` finds its cluster: run_dub
@@ -47,6 +48,7 @@ def parse_args() -> argparse.Namespace:
                    help="items for the cost of the old whole-file manifest rewrite (measured alone)")
     p.add_argument("--head", action="store_true", help="run against a separate Ray head (ray job submit's case)")
     p.add_argument("--address", default=None, help=argparse.SUPPRESS)  # child: the head's GCS address
+    p.add_argument("--character", default=None, help=argparse.SUPPRESS)  # child: the bundle the parent made
     p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child: one real run, JSON out
     return p.parse_args()
 
@@ -98,14 +100,14 @@ def count_manifest_bytes() -> list[int]:
     return written
 
 
-def one_run(n: int, work: Path, address: str | None = None) -> dict:
-    """Child process: one real run of n items; JSON on stdout."""
-    from dub import build_character
-
+def one_run(n: int, work: Path, character: str, address: str | None = None) -> dict:
+    """Child process: one real run of n items; JSON on stdout. The character and the cuts were made
+    by the parent, so this process imports what a job's driver imports, no more (RSS, import time)."""
+    t_imports = time.monotonic()
     from cluster.dub import run_dub
     from lipsync.config import DubConfig, load_config
 
-    character = build_character(work, "tiny")
+    imports_s = time.monotonic() - t_imports
     cuts = make_cuts(work)
     run_dir = Path(tempfile.mkdtemp(prefix=f"n{n}-", dir=work))
     catalog = write_catalog(run_dir / "catalog.csv", character, cuts, n)
@@ -123,7 +125,9 @@ def one_run(n: int, work: Path, address: str | None = None) -> dict:
     t = run.report["timings"]
     return {"items": n, "ok": run.report["counts"]["ok"], "frames": run.report["frames_rendered"], "wall_s": wall,
             "per_item_s": wall / n, "peak_rss_mb": peak_rss_mb(), "manifest_bytes": written[0],
-            "first_shard_s": first[0] if first else None, "plan_share": t.get("plan_s", 0) / t["total_s"],
+            "first_shard_s": first[0] if first else None, "driver_imports_s": imports_s,
+            "first_shard_from_job_start_s": imports_s + first[0] if first else None,
+            "plan_share": t.get("plan_s", 0) / t["total_s"],
             "ray_init_s": t.get("ray_init_s", 0), "ray": "connected to a head" if address else "embedded"}
 
 
@@ -193,7 +197,7 @@ def main() -> int:
     code = Path(args.code).resolve() if args.code else HERE.parent
     sys.path[:0] = [str(HERE), str(code)]
     if args.one:
-        print("RESULT " + json.dumps(one_run(args.one, work, args.address)), flush=True)
+        print("RESULT " + json.dumps(one_run(args.one, work, args.character, args.address)), flush=True)
         return 0
     if args.legacy_manifest:
         print(json.dumps(legacy_manifest(args.legacy_manifest)), flush=True)
@@ -203,11 +207,16 @@ def main() -> int:
         return 0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(HERE)]), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "disabled"}  # as the tests: the --head Ray runs without token auth
+    from dub import build_character
+
+    character = build_character(work, "tiny")
+    make_cuts(work)
     for n in (int(x) for x in args.items.split(",")):
         head = start_head() if args.head else None
         try:
             proc = subprocess.run([sys.executable, str(code / "bench" / "dub_scale.py"), "--one", str(n), "--work",
-                                   str(work), "--code", str(code)] + (["--address", head.gcs_address] if head else []),
+                                   str(work), "--code", str(code), "--character", character]
+                                  + (["--address", head.gcs_address] if head else []),
                                   cwd=code, env=env, capture_output=True, text=True, check=False)
         finally:
             if head is not None:
