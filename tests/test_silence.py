@@ -132,6 +132,31 @@ def test_vad_finds_the_spliced_pause_and_the_speech(paused_speech):
 
 
 @pytest.mark.media
+def test_the_per_thread_vad_model_answers_as_a_fresh_one(paused_speech):
+    """The model is loaded once per thread and reset per call: the same probabilities as a freshly
+    loaded model, call after call (its recurrent state does not leak) and in another thread."""
+    import threading
+
+    from silero_vad import load_silero_vad
+
+    wav = media.read_audio(paused_speech[0])[: 3 * SR]
+    fresh = load_silero_vad()
+    with torch.inference_mode():
+        expected = np.asarray([float(fresh(torch.from_numpy(np.ascontiguousarray(w)), SR))
+                               for w in vad._windows([wav])], np.float32)
+    first = vad.speech_probabilities(wav, SR)
+    model = vad._thread_model()
+    again = vad.speech_probabilities(wav[::-1].copy(), SR), vad.speech_probabilities(wav, SR)
+    assert vad._thread_model() is model  # loaded once in this thread
+    other: list[np.ndarray] = []
+    thread = threading.Thread(target=lambda: other.append(vad.speech_probabilities(wav, SR)))
+    thread.start()
+    thread.join()
+    for probs in (first, again[1], other[0]):
+        assert np.array_equal(probs, expected)
+
+
+@pytest.mark.media
 def test_the_pause_shows_the_characters_own_closed_mouth_still(character_uri, paused_speech, tmp_path):
     path, pause = paused_speech
     out = tmp_path / "rest.mp4"
