@@ -167,18 +167,19 @@ def main() -> int:
     root = Path(args.lipsync_root).resolve()
     hours = sorted(float(h) for h in args.hours.split(","))
     whole = [int(x) for x in args.whole.split(",") if x]
-    if whole and not args.render:  # only the whole renders
-        hours = []
-    files = {h: long_opus(int(h * 3600)) for h in hours}
+    only_whole = bool(whole) and not args.render  # --whole alone: just the whole renders
+    files = {} if only_whole else {h: long_opus(int(h * 3600)) for h in hours}
     short = media_file(SOURCE)
     bundle = make_bundle() if args.render or whole else None
-    cases = [("reject", files[hours[-1]], f"{hours[-1]:g} h")] if hours and hours[-1] * 3600 > 3600 else []
-    cases += [("plan", short, "21 s")] + [("plan", files[h], f"{h:g} h") for h in hours if h * 3600 <= 3600]
-    if args.render:
-        cases += [("render", short, "21 s")] + [("render", files[h], f"{h:g} h") for h in hours if h * 3600 <= 3600]
+    cases = []
+    if not only_whole:
+        if hours[-1] * 3600 > 3600:
+            cases.append(("reject", files[hours[-1]], f"{hours[-1]:g} h"))
+        fits = [h for h in hours if h * 3600 <= 3600]
+        cases += [("plan", short, "21 s")] + [("plan", files[h], f"{h:g} h") for h in fits]
+        if args.render:
+            cases += [("render", short, "21 s")] + [("render", files[h], f"{h:g} h") for h in fits]
     cases += [("whole", long_opus(n), f"{n} s") for n in whole]
-    if not hours:
-        cases = [c for c in cases if c[0] == "whole"]
     rows = ["| case | audio | wall s | peak RSS MB (after imports) | outcome |", "|---|---|---|---|---|"]
     print(f"lipsync from {root}")
     for case, audio, label in cases:

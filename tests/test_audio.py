@@ -21,7 +21,7 @@ from lipsync.audio import (
     melspectrogram,
     num_video_frames,
 )
-from lipsync.audio.mel import _mel_basis
+from lipsync.audio.mel import _mel_basis, preemphasis
 from lipsync.config import AudioConfig
 
 CFG = AudioConfig()
@@ -89,6 +89,24 @@ def test_preemphasis_gain_matches_the_filter_response():
     per_db = 2 * CFG.max_abs_value / -CFG.min_level_db
     measured = emph[band, 4:-4].mean() - flat[band, 4:-4].mean()
     assert measured == pytest.approx(gain_db * per_db, abs=0.01)
+
+
+def test_numpy_preemphasis_is_the_lfilter_it_replaced_bit_for_bit():
+    """Whole signals and chunks carrying the previous sample give lfilter's float32 numbers exactly."""
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(3)
+    wav = np.concatenate([rng.standard_normal(16000).astype(np.float32) * 0.3, sine(440.0, 0.5)])
+    k = CFG.preemphasis
+    expected = lfilter([1.0, -k], [1.0], wav).astype(np.float32)
+    assert np.array_equal(preemphasis(wav, k), expected)
+    cuts = np.sort(rng.choice(np.arange(1, wav.size), 9, replace=False))
+    pieces, previous = [], 0.0
+    for chunk in np.split(wav, cuts):
+        pieces.append(preemphasis(chunk, k, previous))
+        previous = float(chunk[-1])
+    assert np.array_equal(np.concatenate(pieces), expected)
+    assert preemphasis(np.zeros(0, np.float32), k).size == 0
 
 
 def test_mel_basis_is_cached_per_config():

@@ -57,19 +57,16 @@ def _mel_basis(cfg: AudioConfig) -> np.ndarray:
     return basis
 
 
-def _preemphasis(wav: np.ndarray, k: float) -> np.ndarray:
-    """y[n] = x[n] - k * x[n-1] with x[-1] = 0 (a first-order high-pass that lifts the consonants)."""
-    return _preemphasis_from(np.asarray(wav), k, 0.0)
-
-
-def _preemphasis_from(x: np.ndarray, k: float, previous: float) -> np.ndarray:
-    """Preemphasis of x given the sample before it, in float64 then rounded to float32.
+def preemphasis(x: np.ndarray, k: float, previous: float = 0.0) -> np.ndarray:
+    """y[n] = x[n] - k * x[n-1] (a first-order high-pass that lifts the consonants), x[-1] = `previous`
+    (0 for a whole signal; the last sample of the chunk before when streaming), in float64 then
+    rounded to float32.
 
     The same numbers as scipy.signal.lfilter([1, -k], [1], x, zi=[-k * previous]) (two-term sums
     are exact in either order); numpy alone, because importing scipy.signal costs a render or plan
     worker 0.7 s (docs/BENCHMARKS.md, cold start).
     """
-    x = x.astype(np.float64)
+    x = np.asarray(x).astype(np.float64)
     y = x.copy()
     y[1:] -= k * x[:-1]
     if y.size:
@@ -100,7 +97,7 @@ def melspectrogram(wav: np.ndarray, cfg: AudioConfig) -> np.ndarray:
         raise ValueError(f"expected mono audio of shape (n_samples,), got {wav.shape}")
     if wav.size == 0:
         raise ValueError("cannot compute a mel spectrogram of empty audio")
-    emphasised = _preemphasis(wav.astype(np.float32, copy=False), cfg.preemphasis)
+    emphasised = preemphasis(wav.astype(np.float32, copy=False), cfg.preemphasis)
     return _to_mel(_stft_magnitude(emphasised, cfg, center=True), cfg)
 
 
@@ -162,7 +159,7 @@ class MelStream:
             return self._empty()
         self.n_samples += chunk.size
         chunk = chunk.astype(np.float32, copy=False)
-        y = _preemphasis_from(chunk, self.cfg.preemphasis, self._previous)
+        y = preemphasis(chunk, self.cfg.preemphasis, self._previous)
         self._previous = float(chunk[-1])
         if self._head is not None:
             self._head.append(y)
