@@ -40,10 +40,11 @@ from lipsync.config import (
     AudioConfig,
     ConfigError,
     GeometryConfig,
+    RenderConfig,
 )
 from lipsync.data import layout
 from lipsync.errors import InputError, OutputExistsError
-from lipsync.io import storage
+from lipsync.io import media, storage
 from lipsync.models import (
     AudioEncoder,
     Generator,
@@ -83,6 +84,7 @@ class Character:
     margin: int  # crop margin m: the model sees crop[m:m+S, m:m+S] of the (S+2m)^2 crop (from the preset)
     frame_size: tuple[int, int] = (0, 0)  # (width, height) of the template frames
     frames_without_face: frozenset[int] = frozenset()  # templates render writes unchanged
+    footage_pauses: frozenset[int] = frozenset()  # templates inside a pause of the footage's audio (VAD)
     train: dict[str, Any] = field(default_factory=dict)  # bundle.json "train": the run's summary and config
     audio_backend: str = "ave"  # bundle.json "audio_features": the front-end the character was trained with
     audio_weights: str | None = None  # its local weights (hubert / wenet), loaded on first use
@@ -145,6 +147,15 @@ def _copy_templates(dataset_dir: Path, dest: Path, n_frames: int) -> None:
     np.save(dest / layout.LANDMARKS_FILE, landmarks)
 
 
+def footage_pauses(dataset_dir: Path, n_frames: int, audio: AudioConfig) -> list[int]:
+    """The dataset frames inside a pause of its own audio (render.yaml's VAD settings): where the
+    person is silent; the resting mouth is chosen among them (lipsync.render.rest)."""
+    from lipsync.audio import vad  # silero-vad: only when a bundle is written
+
+    wav = media.read_audio(dataset_dir / layout.AUDIO_FILE, audio.sample_rate)
+    return vad.pause_frames(wav, n_frames, audio, config_io.load_config(RenderConfig)).tolist()
+
+
 def save_bundle(out_uri: str, *, name: str, preset: str, generator: Generator, audio_encoder: AudioEncoder,
                 syncnet: SyncNet | None, audio: AudioConfig, geometry: GeometryConfig, dataset_dir: str | Path,
                 train_info: dict[str, Any], crop_margin: int | None = None, overwrite: bool = False,
@@ -194,6 +205,7 @@ def save_bundle(out_uri: str, *, name: str, preset: str, generator: Generator, a
             "n_templates": n,
             "frame_size": list(meta.get("frame_size") or []),
             "frames_without_face": list(meta.get("frames_without_face") or []),
+            "footage_pauses": footage_pauses(dataset_dir, n, audio),
             "dataset_meta": {k: v for k, v in meta.items() if k != "frames_without_face"}
             | {"frames_without_face": len(meta.get("frames_without_face") or [])},
             "train": train_info,
@@ -437,8 +449,17 @@ def load_character(uri: str, device: str | torch.device = "cpu") -> Character:
                      audio=audio, geometry=geometry, template_dir=local / TEMPLATES_DIR, boxes=boxes,
                      landmarks=landmarks, margin=margin, frame_size=_frame_size(info, local, uri),
                      frames_without_face=frozenset(int(i) for i in info.get("frames_without_face") or []),
+                     footage_pauses=_template_indices(info, "footage_pauses", n, uri),
                      train=info.get("train") if isinstance(info.get("train"), dict) else {},
                      audio_backend=backend, audio_weights=audio_weights)
+
+
+def _template_indices(info: dict[str, Any], key: str, n: int, uri: str) -> frozenset[int]:
+    """bundle.json[key]: a list of template indices (absent in older bundles: none)."""
+    value = info.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(i, int) and 0 <= i < n for i in value):
+        raise InputError(uri, f"bundle.json {key} must be a list of template indices below {n}")
+    return frozenset(value)
 
 
 def _frame_size(info: dict[str, Any], local: Path, uri: str) -> tuple[int, int]:

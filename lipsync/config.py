@@ -172,6 +172,12 @@ class RenderConfig:
     # the width of its feathered edge as a fraction of S.
     rest_box: tuple[Fraction, Fraction, Fraction, Fraction] = (0.08, 0.22, 0.92, 0.9)
     rest_feather: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.08
+    # Which template the mouth rests on: `pause` = the median-aperture frame of the footage's own pauses
+    # (voice activity on its audio when the bundle was written: how this person looks when silent),
+    # falling back to `closed` (the most closed real mouth) when the footage has fewer pause frames
+    # than rest_min_pause_templates (docs/QUALITY.md, pauses).
+    rest_template: Literal["pause", "closed"] = "closed"
+    rest_min_pause_templates: PositiveInt = 8
     # Paste-back colour matching: the generated crop's per-channel mean over a border band of this
     # width (fraction of S) is shifted to the template's there (0 = off; docs/QUALITY.md, seam).
     colour_match_band: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.0

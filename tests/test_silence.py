@@ -75,6 +75,35 @@ def test_mouth_aperture_is_inner_lip_gap_over_eye_distance():
     assert geometry.mouth_aperture(np.stack([lms, lms])).shape == (2,)
 
 
+def _templates(apertures: list[float], pauses: set[int], without_face: set[int] = frozenset()):
+    """A stand-in for a Character with these real inner-lip apertures (eye distance 100 px)."""
+    from types import SimpleNamespace
+
+    lms = np.zeros((len(apertures), 468, 2), np.float32)
+    lms[:, geometry.EYE_OUTER_RIGHT] = (100, 100)
+    lms[:, geometry.EYE_OUTER_LEFT] = (200, 100)
+    lms[:, geometry.INNER_LIP_TOP] = (150, 200)
+    lms[:, geometry.INNER_LIP_BOTTOM, 0] = 150
+    lms[:, geometry.INNER_LIP_BOTTOM, 1] = 200 + 100 * np.asarray(apertures)
+    return SimpleNamespace(name="t", landmarks=lms, footage_pauses=frozenset(pauses),
+                           frames_without_face=frozenset(without_face))
+
+
+def test_the_mouth_rests_on_the_median_mouth_of_the_footages_own_pauses():
+    apertures = [0.01, 0.30, 0.08, 0.12, 0.05, 0.25, 0.10]  # frame 0: a pressed "m" while speaking
+    cfg = RenderConfig(rest_template="pause", rest_min_pause_templates=3)
+    character = _templates(apertures, pauses={2, 3, 4, 6})
+    assert resting_template(character, cfg) == 2  # pause apertures 0.05 0.08 0.10 0.12: the lower median
+    assert resting_template(character, cfg, exclude=[2]) == 6  # 0.05 0.10 0.12 (an evaluation's held-out frame)
+    assert resting_template(character, RenderConfig(rest_template="closed", rest_min_pause_templates=3)) == 0
+    # too few pause frames (or all excluded) -> the most closed usable template
+    assert resting_template(character, cfg, exclude=[2, 3]) == 0
+    assert resting_template(_templates(apertures, pauses={2, 3, 4}, without_face={0}), cfg) == 2
+    assert resting_template(_templates(apertures, pauses={2, 3}, without_face={0}), cfg) == 4
+    with pytest.raises(ValueError, match="no template with a face"):
+        resting_template(_templates([0.1, 0.2], pauses=set(), without_face={0, 1}), cfg)
+
+
 # --- real speech with a pause ------------------------------------------------------------------
 
 
@@ -174,7 +203,11 @@ def test_the_pause_shows_the_characters_own_closed_mouth_still(character_uri, pa
     assert rendered[inside].max() <= closed_range[1] + 0.01, (rendered[inside], closed_range)
     assert np.abs(np.diff(rendered[inside])).max() <= max(real_motion.max(), 0.01)
     # and it is the resting template's mouth: its real aperture is the smallest of the footage
-    assert real[resting_template(character)] == pytest.approx(real.min())
+    # the bundle found the footage's own pause (frames 78-88 of the whole clip by VAD) ...
+    assert character.footage_pauses and character.footage_pauses <= set(range(78, 88)), character.footage_pauses
+    # ... but 4 s of this footage hold fewer pause frames than rest_min_pause_templates: the most closed one
+    assert len(character.footage_pauses) < RenderConfig().rest_min_pause_templates
+    assert real[resting_template(character, RenderConfig())] == pytest.approx(real.min())
 
     # the pixels are the resting template's mouth (pasted onto each frame's own template) ...
     mouth = resting_mouth(character, RenderConfig())

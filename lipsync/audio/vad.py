@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -132,3 +133,11 @@ def frame_rest_weights(wav: np.ndarray | Iterable[np.ndarray], n_frames: int, au
     probs = speech_probabilities(wav, audio.sample_rate)
     voiced = fill_short_pauses(voiced_frames(probs, n_frames, audio, cfg.vad_threshold), cfg.vad_min_pause_frames)
     return rest_weights(voiced, cfg.rest_fade_frames)
+
+
+def pause_frames(wav: np.ndarray | Iterable[np.ndarray], n_frames: int, audio: AudioConfig,
+                 cfg: RenderConfig) -> np.ndarray:
+    """Indices of the frames fully inside a pause (rest weight 1) by cfg's VAD settings, whatever
+    cfg.silence says: where a recording's speaker is silent (lipsync.render.rest, the footage's own)."""
+    weights = frame_rest_weights(wav, n_frames, audio, replace(cfg, silence="rest"))
+    return np.flatnonzero(weights >= 1.0)

@@ -244,7 +244,11 @@ def _temporal(variant: _Variant, silent: np.ndarray) -> dict:
 
 def _summary(variant: _Variant, real: _Variant, silent: np.ndarray) -> dict:
     both = [(g, r) for g, r in zip(variant.lips, real.lips) if g is not None and r is not None]
+    quiet = [(g, r) for g, r, q in zip(variant.lips, real.lips, silent) if q and g is not None and r is not None]
     seen, truth = _temporal(variant, silent), _temporal(real, silent)
+    # the lip distance of the silent frames alone: where silence handling changes the frame
+    seen["silent"]["lmd"] = metrics.lmd(np.stack([g for g, _ in quiet]), np.stack([r for _, r in quiet])) if quiet \
+        else None
     return {
         "psnr_full": float(np.mean(variant.psnr_full)),
         "ssim_full": float(np.mean(variant.ssim_full)),
@@ -309,7 +313,10 @@ def evaluate(dataset_dir: str | Path, character_uri: str, out_json: str, strip_p
     frames = held_out_frames(n_frames, n_audio, pairing.held_out_fraction, max_frames)
     # pauses rest the mouth as in a dub (silence=rest); the shuffled variant rests where its audio pauses
     rest = vad.frame_rest_weights(wav, n_audio, character.audio, render_cfg)
-    mouth = resting_mouth(character, render_cfg) if rest is not None and rest.any() else None
+    # never rest on a held-out frame: its real mouth is what the generated frame is compared with
+    held_out_split = split_frames(n_frames, pairing.held_out_fraction).val
+    mouth = (resting_mouth(character, render_cfg, exclude=held_out_split.tolist())
+             if rest is not None and rest.any() else None)
     shuffled_rest = None if rest is None else np.roll(rest, roll)
     # the silent frames are measured whatever the silence mode (keep paints them, but they are still silent)
     pauses = rest if rest is not None else vad.frame_rest_weights(wav, n_audio, character.audio,
@@ -416,13 +423,13 @@ def markdown_table(result: dict) -> str:
 def viewer_table(result: dict) -> str:
     """What viewers see, per variant next to the real footage: lip jitter (px @320 per frame), mouth
     flicker (grey levels per frame), sharpness (Laplacian variance), seam colour / gradient at the
-    paste box, and aperture / motion in silent frames."""
+    paste box, and aperture / motion / lip distance in silent frames."""
     def cells(row: dict) -> list[str]:
         silent = row.get("silent") or {}
         return [_fmt(row.get("jitter"), 2), _fmt(row.get("flicker"), 2), _fmt(row.get("sharpness"), 1),
                 _fmt(row.get("seam_colour"), 2), _fmt(row.get("seam_gradient"), 2), str(silent.get("frames", "-")),
-                _fmt(silent.get("aperture"), 3), _fmt(silent.get("motion"), 3)]
+                _fmt(silent.get("aperture"), 3), _fmt(silent.get("motion"), 3), _fmt(silent.get("lmd"), 2)]
 
     header = ("jitter", "flicker", "sharpness", "seam colour", "seam gradient", "silent frames", "silent aperture",
-              "silent motion")
+              "silent motion", "silent LMD")
     return _table(result, header, cells)

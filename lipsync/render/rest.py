@@ -1,8 +1,10 @@
 """The resting mouth: where the audio has no voice, the lower face is the character's own closed mouth.
 
-The resting template is the template whose real mouth is most closed (smallest inner-lip aperture,
-lipsync.face.geometry.mouth_aperture, among templates with a face). In a pause, frame k keeps its
-own template t = bounce(k) (head pose, eyes, background) and takes the lower-face band
+The resting template is the median mouth of the footage's own pauses (templates inside a pause of
+the dataset's audio, found by voice activity when the bundle was written), or the template whose
+real mouth is most closed (smallest inner-lip aperture, lipsync.face.geometry.mouth_aperture, among
+templates with a face) when the footage has too few pause frames (resting_template). In a pause,
+frame k keeps its own template t = bounce(k) (head pose, eyes, background) and takes the lower-face band
 (RenderConfig.rest_box, feathered) from the resting template's crop: both crops are cut around
 the face from landmarks, so the band lands on the mouth. At the edges of a pause the generated
 crop and the rested one are cross-faded by the frame's rest weight (lipsync.audio.vad), a pure
@@ -11,6 +13,7 @@ function of k and the item's audio, so shards cut anywhere render a pause identi
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,14 +32,29 @@ class RestingMouth:
     alpha: np.ndarray  # (S+2m, S+2m, 1) float32: where its pixels replace the frame's (the band)
 
 
-def resting_template(character: Character) -> int:
-    """The template with the most closed real mouth (templates without a face are never chosen)."""
+def resting_template(character: Character, cfg: RenderConfig, exclude: Collection[int] = ()) -> int:
+    """The template the mouth rests on (templates without a face, and `exclude`, are never chosen).
+
+    rest_template `pause`: of the templates inside the footage's own pauses (Character.footage_pauses),
+    the one with the median real inner-lip aperture: how this person's mouth looks when they are
+    silent, which is often not fully closed (the most closed frame is usually a pressed "m" or "b").
+    With fewer than rest_min_pause_templates such templates, or `closed`: the most closed template.
+    `exclude`: e.g. held-out frames an evaluation compares against.
+    """
     aperture = geometry.mouth_aperture(character.landmarks)  # (n,)
-    for t in character.frames_without_face:
-        aperture[t] = np.inf
-    if not np.isfinite(aperture).any():
+    usable = np.ones(len(aperture), bool)
+    usable[[t for t in character.frames_without_face if t < len(usable)]] = False
+    usable[[t for t in exclude if 0 <= t < len(usable)]] = False
+    if not usable.any():
         raise ValueError(f"character {character.name!r} has no template with a face to rest the mouth on")
-    return int(np.argmin(aperture))
+    pauses = np.zeros_like(usable)
+    pauses[sorted(character.footage_pauses)] = True
+    pauses &= usable
+    if cfg.rest_template == "pause" and pauses.sum() >= cfg.rest_min_pause_templates:
+        candidates = np.flatnonzero(pauses)
+        order = candidates[np.argsort(aperture[candidates], kind="stable")]
+        return int(order[(len(order) - 1) // 2])  # the median (the lower one of an even count)
+    return int(np.flatnonzero(usable)[np.argmin(aperture[usable])])
 
 
 def _smooth_ramp(n: int, lo: float, hi: float, feather: float) -> np.ndarray:
@@ -58,9 +76,9 @@ def band_alpha(character: Character, cfg: RenderConfig) -> np.ndarray:
     return np.outer(rows, cols)[:, :, None]
 
 
-def resting_mouth(character: Character, cfg: RenderConfig) -> RestingMouth:
-    """The character's resting mouth (reads one template JPEG)."""
-    t = resting_template(character)
+def resting_mouth(character: Character, cfg: RenderConfig, exclude: Collection[int] = ()) -> RestingMouth:
+    """The character's resting mouth (reads one template JPEG); `exclude`: see resting_template."""
+    t = resting_template(character, cfg, exclude)
     frame = media.read_image(character.template_path(t))
     crop_full = geometry.crop(frame, character.boxes[t], character.crop_size)
     aperture = float(geometry.mouth_aperture(character.landmarks[t]))
