@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,8 +84,8 @@ class RayTrainContext(RunContext):
         if checkpoint is None:
             yield None
             return
-        with checkpoint.as_directory() as directory:
-            yield Path(directory)
+        with private_copy(checkpoint) as directory:
+            yield directory
 
     def save_checkpoint(self, written: Path | None, global_step: int, metrics: dict[str, Any]) -> None:
         checkpoint = Checkpoint.from_directory(str(written)) if written is not None else None
@@ -123,6 +124,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         trainer.train()
     finally:
         trainer.cleanup()
+
+
+@contextlib.contextmanager
+def private_copy(checkpoint: Checkpoint) -> Iterator[Path]:
+    """The checkpoint as a local directory that only this process reads.
+
+    A checkpoint on a local (or shared) filesystem is read where it lies. A remote one is
+    downloaded into a temporary directory of this process's own, removed afterwards. Not
+    `Checkpoint.as_directory()`: it downloads every process on a node into one shared directory
+    (/tmp/checkpoint_tmp_<uuid>), and a rank that takes the download lock after another rank's
+    download has finished downloads again over the files that rank is reading -- the resumed
+    rank then reads a torn state.pt ("PytorchStreamReader failed reading file", seen in CI with
+    two workers on one node).
+    """
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="lipsync-checkpoint-") as tmp:
+        yield Path(checkpoint.to_directory(tmp))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,8 +232,8 @@ def train_on_ray(dataset_uri: str, out_uri: str, cfg: TrainConfig, *, storage_pa
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name!r} finished without a checkpoint")
     # 3. save: the driver turns the final checkpoint into the bundle
-    with result.checkpoint.as_directory() as directory:
-        state, metrics = ckpt.read_checkpoint(Path(directory))
+    with private_copy(result.checkpoint) as directory:
+        state, metrics = ckpt.read_checkpoint(directory)
     summary = run_summary(state, metrics, num_workers, "cuda" if use_gpu else "cpu")
     version = export_bundle(state, out_uri, dataset_dir, summary, overwrite=overwrite, metrics=metrics)
     return RayTrainResult(out=str(out_uri), version=version, checkpoint_uri=checkpoint_uri(storage_path, result),

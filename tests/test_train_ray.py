@@ -95,3 +95,33 @@ def test_a_failed_worker_resumes_from_the_checkpoint_on_s3(ray_cluster, prepared
     steps = [r["step"] for r in metrics.records if r.get("stage") == "generator" and "loss" in r]
     assert steps == [3, 4, 5, 6]  # step 5 (the failed one) was trained again, once in the history
     assert load_character(str(out)).version == result.version
+
+
+def test_every_reader_of_a_remote_checkpoint_gets_its_own_copy(s3_tmp, tmp_path):
+    """Two ranks on one node resuming at once: Ray's as_directory() shares one download directory,
+    and a second download over it tore the first rank's state.pt (CI). Each reader gets a private
+    copy; one reader leaving does not touch the other's files; a local checkpoint is not copied."""
+    from ray.train import Checkpoint
+
+    from cluster.train import private_copy, run_storage
+
+    payload = {"state.pt": bytes(range(256)) * 8192, "metrics.jsonl": b'{"step": 4}\n'}  # 2 MiB + a line
+    for name, data in payload.items():
+        storage.write_bytes(storage.join(s3_tmp, "ckpt", name), data)
+    root, filesystem = run_storage(s3_tmp)
+    checkpoint = Checkpoint(f"{root}/ckpt", filesystem=filesystem)
+    with private_copy(checkpoint) as first:
+        with private_copy(checkpoint) as second:
+            assert first != second
+            for directory in (first, second):
+                assert {p.name: p.read_bytes() for p in directory.iterdir()} == payload
+        assert not second.exists()  # removed when its reader left...
+        assert {p.name: p.read_bytes() for p in first.iterdir()} == payload  # ...the other's copy untouched
+    assert not first.exists()
+
+    local = tmp_path / "local_ckpt"
+    local.mkdir()
+    (local / "state.pt").write_bytes(b"x")
+    with private_copy(Checkpoint.from_directory(str(local))) as directory:
+        assert directory == local
+    assert (local / "state.pt").read_bytes() == b"x"  # read in place, never removed
