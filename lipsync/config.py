@@ -176,7 +176,7 @@ class RenderConfig:
     # (voice activity on its audio when the bundle was written: how this person looks when silent),
     # falling back to `closed` (the most closed real mouth) when the footage has fewer pause frames
     # than rest_min_pause_templates (docs/QUALITY.md, pauses).
-    rest_template: Literal["pause", "closed"] = "closed"
+    rest_template: Literal["pause", "closed"] = "pause"
     rest_min_pause_templates: PositiveInt = 8
     # Paste-back colour matching: the generated crop's per-channel mean over a border band of this
     # width (fraction of S) is shifted to the template's there (0 = off; docs/QUALITY.md, seam).
