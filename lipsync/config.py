@@ -315,6 +315,9 @@ class TrainConfig:
     # bundle (bundle.json train.config.sync_audio_offset).
     sync_audio_offset: int = -2
     sync_augment: bool = False  # SyncNet training faces: random shifts within the crop margin + mirroring
+    # share of generator items whose reference frame is drawn from the training frames with the most
+    # different mouth aperture (the far half); 0 = any other training frame (issue 16, QUALITY.md)
+    reference_unlike: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     device: Device = "auto"
     precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (lipsync.runtime)
     loader_workers: NonNegativeInt = 0  # DataLoader worker processes (items are cheap: crops are preloaded)

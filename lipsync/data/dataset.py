@@ -94,6 +94,7 @@ class CharacterFrames:
     audio: AudioConfig
     geometry: GeometryConfig
     split: Split
+    apertures: np.ndarray | None = None  # (n,) float32 inner-lip aperture per frame (geometry.mouth_aperture)
 
     @property
     def n_frames(self) -> int:
@@ -159,9 +160,13 @@ def load_frames(root: str | Path, size: int, margin: int, val_fraction: float,
         split = split_frames(n, val_fraction)
     except ValueError as exc:
         raise InputError(root, str(exc)) from exc
+    landmarks = np.load(root / layout.LANDMARKS_FILE)
+    if landmarks.shape[0] != n:
+        raise InputError(root / layout.LANDMARKS_FILE, f"expected {n} frames of landmarks, got {landmarks.shape}")
     crops = read_crops(root, boxes, size + 2 * margin, progress)
     return CharacterFrames(root=root, meta=meta, crops=crops, mel_windows=mel_windows(mel, n, audio_cfg),
-                           size=size, margin=margin, audio=audio_cfg, geometry=geometry_cfg, split=split)
+                           size=size, margin=margin, audio=audio_cfg, geometry=geometry_cfg, split=split,
+                           apertures=geometry.mouth_aperture(landmarks))
 
 
 # --- items -----------------------------------------------------------------------------------------
@@ -257,7 +262,7 @@ class GeneratorSamples(Dataset):
     """
 
     def __init__(self, frames: CharacterFrames, indices: np.ndarray, features: np.ndarray, seed: int,
-                 fixed: bool = False, audio_offset: int = 0):
+                 fixed: bool = False, audio_offset: int = 0, reference_unlike: float = 0.0):
         if features.shape[0] != frames.n_frames:
             raise ValueError(f"need one feature row per frame ({frames.n_frames}), got {features.shape}")
         self.frames = frames
@@ -268,6 +273,9 @@ class GeneratorSamples(Dataset):
         self.seed = seed
         self.epoch = VAL_EPOCH if fixed else 0
         self.fixed = fixed
+        if reference_unlike > 0 and frames.apertures is None:
+            raise ValueError("reference_unlike needs the frames' mouth apertures (CharacterFrames.apertures)")
+        self.reference_unlike = reference_unlike
 
     def set_epoch(self, epoch: int) -> None:
         if not self.fixed:
@@ -277,13 +285,27 @@ class GeneratorSamples(Dataset):
         return self.indices.size
 
     def reference_frame(self, i: int, k: int) -> int:
-        """A training frame other than k (the references are the contiguous frames 0 .. n_train - 1)."""
+        """A training frame other than k (the references are the contiguous frames 0 .. n_train - 1).
+
+        With probability `reference_unlike` (training targets only) it is drawn from the half of the
+        training frames whose mouth aperture is farthest from the target's: a reference whose mouth
+        differs from the target's makes copying it pay less, so the mouth has to come from the audio.
+        """
         rng = item_rng(self.seed, self.epoch, i)
         n_train = self.references.size
         if k >= n_train:  # a validation target: any training frame
             return int(rng.integers(n_train))
+        if self.reference_unlike > 0 and rng.random() < self.reference_unlike:
+            return int(rng.choice(self.unlike_references(k)))
         r = int(rng.integers(n_train - 1))
         return r + 1 if r >= k else r  # draw from the other n_train - 1 frames
+
+    def unlike_references(self, k: int) -> np.ndarray:
+        """The training frames (k excluded) in the far half by |aperture - aperture of k|."""
+        a = self.frames.apertures[: self.references.size]
+        distance = np.abs(a - a[k])
+        far = np.argsort(distance, kind="stable")[::-1]  # farthest first; k itself (distance 0) is last
+        return far[: max(1, (a.size - 1) // 2)]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         k = int(self.indices[i])

@@ -319,7 +319,7 @@ class Trainer:
             self._log("generator", 0, None, **self.validate_generator(), **self.reference_copy_baseline())
             self._flush_report()  # the step-0 held-out L1 and the reference-copy baseline
         samples = GeneratorSamples(self.frames, self.frames.split.train, self.features, cfg.seed,
-                                   audio_offset=cfg.sync_audio_offset)
+                                   audio_offset=cfg.sync_audio_offset, reference_unlike=cfg.reference_unlike)
         loader = self._loader(samples, cfg.batch_size)
         self.generator_model.train()
         timer = StepTimer()
