@@ -11,6 +11,7 @@ MJPG file with OpenCV, then re-encoded with ffmpeg together with the audio.
 from __future__ import annotations
 
 import argparse
+import itertools
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,7 @@ def make_character(preset: str, dataset: Path, root: Path):
 
 
 def model_only_fps(character, feats: np.ndarray, frames: int, batch: int, channels_last: bool,
-                   precision: str = "auto") -> float:
+                   precision: str = "auto", backend: str = "torch") -> float:
     """Generator forwards alone on ready-made inputs (the same inputs render would build), through
     render's own `paint` (precision, memory format)."""
     from lipsync.render.paint import paint
@@ -54,7 +55,8 @@ def model_only_fps(character, feats: np.ndarray, frames: int, batch: int, channe
     s = character.size
     x = np.random.default_rng(0).random((batch, 6, s, s), dtype=np.float32)
     audio = context_range(feats, 0, batch, character.audio)  # (B, 32, 16, 16)
-    cfg = RenderConfig(batch_size=batch, device="cpu", precision=precision, channels_last=channels_last)
+    cfg = RenderConfig(batch_size=batch, device="cpu", precision=precision, channels_last=channels_last,
+                       backend=backend)
     paint(character, x, audio, cfg)  # warm-up
     t0 = time.perf_counter()
     done = 0
@@ -65,8 +67,9 @@ def model_only_fps(character, feats: np.ndarray, frames: int, batch: int, channe
 
 
 def end_to_end_fps(character, feats: np.ndarray, frames: int, batch: int, out: Path, precision: str = "auto",
-                   x264_threads: int = 0) -> float:
-    cfg = RenderConfig(batch_size=batch, device="cpu", precision=precision, x264_threads=x264_threads)
+                   x264_threads: int = 0, backend: str = "torch") -> float:
+    cfg = RenderConfig(batch_size=batch, device="cpu", precision=precision, x264_threads=x264_threads,
+                       backend=backend)
     n = max(frames, batch)
     render_segment(character, feats, 0, min(batch, len(feats)), out, cfg=cfg)  # warm-up
     stats = render_segment(character, feats, 0, n, out, cfg=cfg)
@@ -110,6 +113,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--precisions", default="fp32,bf16", help="paths to compare (auto = what render picks)")
     parser.add_argument("--x264-threads", default="0", help="encoder threads per segment to compare (0 = ffmpeg's)")
+    parser.add_argument("--backends", default="torch", help="generator backends to compare (torch, openvino)")
     parser.add_argument("--record", action="store_true", help="write the table into docs/BENCHMARKS.md")
     args = parser.parse_args()
 
@@ -117,21 +121,23 @@ def main() -> None:
     dataset = bench_dataset()
     audio = speech_path()
     rows = []
-    header = ("preset", "precision", "batch", "x264 threads", "model-only f/s", "end-to-end f/s", "e2e/model",
+    header = ("preset", "backend", "precision", "batch", "x264 threads", "model-only f/s", "end-to-end f/s", "e2e/model",
               "naive f/s", "e2e vs naive")
     for preset in args.presets.split(","):
         character = make_character(preset, dataset, work)
         prepare_for_inference(character, RenderConfig())
         feats = audio_features(character, media.read_audio(audio))
         naive = naive_loop_fps(character, feats, min(args.frames, 24), audio, work)
-        for precision in args.precisions.split(","):
+        for backend, precision in itertools.product(args.backends.split(","), args.precisions.split(",")):
+            prepare_for_inference(character, RenderConfig(device="cpu", precision=precision, backend=backend))
             for batch in (int(b) for b in args.batch_sizes.split(",")):
                 n = max(args.frames, batch)
-                model = model_only_fps(character, feats, n, batch, channels_last=True, precision=precision)
+                model = model_only_fps(character, feats, n, batch, channels_last=True, precision=precision,
+                                       backend=backend)
                 for threads in (int(t) for t in args.x264_threads.split(",")):
                     e2e = end_to_end_fps(character, feats, n, batch, work / f"{preset}_{batch}.mp4", precision,
-                                         threads)
-                    rows.append((preset, precision, batch, threads or "auto", f"{model:.2f}", f"{e2e:.2f}",
+                                         threads, backend)
+                    rows.append((preset, backend, precision, batch, threads or "auto", f"{model:.2f}", f"{e2e:.2f}",
                                  f"{e2e / model:.0%}", f"{naive:.2f}", f"{e2e / naive:.2f}x"))
                     print(" | ".join(str(c) for c in rows[-1]), flush=True)
     table = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
