@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/dub_scale.py --items 100,1000            # real runs (embedded Ray, tiny preset)
     .venv/bin/python bench/dub_scale.py --driver-only 100000        # the driver's bookkeeping alone
+    .venv/bin/python bench/dub_scale.py --head --first-shard-only --items 100,10000,100000  # cold start alone
 
 Real runs: a catalog of N items of 0.2-0.4 s of real speech (cut from ../shared/media clips at
 different offsets; 50 distinct cuts shared by the rows), one tiny untrained character built from
@@ -47,9 +48,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--legacy-manifest", type=int, default=0,
                    help="items for the cost of the old whole-file manifest rewrite (measured alone)")
     p.add_argument("--head", action="store_true", help="run against a separate Ray head (ray job submit's case)")
+    p.add_argument("--first-shard-only", action="store_true",
+                   help="stop each run once its first shard is rendered: the cold start alone, at any catalog size")
     p.add_argument("--address", default=None, help=argparse.SUPPRESS)  # child: the head's GCS address
     p.add_argument("--character", default=None, help=argparse.SUPPRESS)  # child: the bundle the parent made
     p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child: one real run, JSON out
+    p.add_argument("--stop-at-first", action="store_true", help=argparse.SUPPRESS)  # child: --first-shard-only
     return p.parse_args()
 
 
@@ -100,9 +104,15 @@ def count_manifest_bytes() -> list[int]:
     return written
 
 
-def one_run(n: int, work: Path, character: str, address: str | None = None) -> dict:
+class FirstShard(Exception):
+    """Raised by the progress callback of a --first-shard-only run: the cold start is measured."""
+
+
+def one_run(n: int, work: Path, character: str, address: str | None = None, stop_at_first: bool = False) -> dict:
     """Child process: one real run of n items; JSON on stdout. The character and the cuts were made
-    by the parent, so this process imports what a job's driver imports, no more (RSS, import time)."""
+    by the parent, so this process imports what a job's driver imports, no more (RSS, import time).
+    `stop_at_first`: the run is abandoned once the first shard is in (the process exits; the head
+    that ran it is stopped by the parent)."""
     t_imports = time.monotonic()
     from cluster.dub import run_dub
     from lipsync.config import DubConfig, load_config
@@ -119,7 +129,17 @@ def one_run(n: int, work: Path, character: str, address: str | None = None) -> d
     def progress(p) -> None:
         if p.frames_done and not first:
             first.append(time.monotonic() - t0)
+            if stop_at_first:
+                raise FirstShard
 
+    if stop_at_first:
+        try:
+            run_dub(str(catalog), str(run_dir / "out"), cfg, progress=progress, address=address)
+        except FirstShard:
+            pass
+        return {"items": n, "first_shard_s": first[0] if first else None, "driver_imports_s": imports_s,
+                "first_shard_from_job_start_s": imports_s + first[0] if first else None,
+                "peak_rss_mb": peak_rss_mb(), "ray": "connected to a head" if address else "embedded"}
     run = run_dub(str(catalog), str(run_dir / "out"), cfg, progress=progress, address=address)
     wall = time.monotonic() - t0
     t = run.report["timings"]
@@ -197,7 +217,10 @@ def main() -> int:
     code = Path(args.code).resolve() if args.code else HERE.parent
     sys.path[:0] = [str(HERE), str(code)]
     if args.one:
-        print("RESULT " + json.dumps(one_run(args.one, work, args.character, args.address)), flush=True)
+        result = one_run(args.one, work, args.character, args.address, args.stop_at_first)
+        print("RESULT " + json.dumps(result), flush=True)
+        if args.stop_at_first:
+            os._exit(0)  # the abandoned run's Ray Data threads would hold the interpreter open
         return 0
     if args.legacy_manifest:
         print(json.dumps(legacy_manifest(args.legacy_manifest)), flush=True)
@@ -216,7 +239,8 @@ def main() -> int:
         try:
             proc = subprocess.run([sys.executable, str(code / "bench" / "dub_scale.py"), "--one", str(n), "--work",
                                    str(work), "--code", str(code), "--character", character]
-                                  + (["--address", head.gcs_address] if head else []),
+                                  + (["--address", head.gcs_address] if head else [])
+                                  + (["--stop-at-first"] if args.first_shard_only else []),
                                   cwd=code, env=env, capture_output=True, text=True, check=False)
         finally:
             if head is not None:

@@ -132,7 +132,8 @@ STR_COLUMNS = ("item_id", "kind", "character", "feats", "rest", "segment", "plan
 
 def catalog_rows(items: list[CatalogItem], legacy: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     """The pipeline's input: each item (and its legacy `_manifest.json` entry, if any) as JSON."""
-    return [{"item": json.dumps(dataclasses.asdict(i)), "legacy": json.dumps(legacy.get(i.id))} for i in items]
+    # vars, not dataclasses.asdict: the fields are plain values, and asdict's deep copy was 1 s per 100,000 rows
+    return [{"item": json.dumps(vars(i)), "legacy": json.dumps(legacy.get(i.id))} for i in items]
 
 
 class PlanRows:

@@ -28,7 +28,7 @@ import pytest
 
 from lipsync.config import DubConfig, load_config
 from lipsync.dub import retry
-from lipsync.dub.catalog import CatalogItem, normalise_uri, parse_catalog, read_catalog
+from lipsync.dub.catalog import CatalogItem, CatalogUris, normalise_uri, parse_catalog, read_catalog
 from lipsync.dub.plan import ItemPlan, Shard, output_state, uri_sha256
 from lipsync.dub.manifest import read_all
 from lipsync.dub.report import manifest_entry
@@ -102,6 +102,25 @@ def test_symlinked_local_paths_are_one_file(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "real")
     assert normalise_uri(str(tmp_path / "link" / "a.mp4")) == normalise_uri(f"file://{tmp_path}/real/a.mp4")
     assert normalise_uri("s3://b/k") != normalise_uri("s3://c/k") != normalise_uri("/b/k")
+
+
+def test_the_catalogs_cached_normalisation_resolves_symlinks_as_realpath_does(tmp_path, monkeypatch):
+    """CatalogUris resolves a directory once and joins names to it: it must still give os.path.realpath's
+    answer for a symlinked directory, a symlinked file, a `..` after a symlink, relative and s3 URIs."""
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "deep")
+    (tmp_path / "real" / "a.wav").write_bytes(b"x")
+    (tmp_path / "other" / "file-link.wav").symlink_to(tmp_path / "real" / "a.wav")
+    monkeypatch.chdir(tmp_path)
+    uris = [str(tmp_path / "link" / "b.mp4"), f"file://{tmp_path}/link/./b.mp4", str(tmp_path / "other" / "file-link.wav"),
+            str(tmp_path / "link" / ".." / "a.wav"),  # `..` from the link's target: real/a.wav, not tmp/a.wav
+            "link/c.mp4", "other//x.mp4", ".", "/", "s3://b/out/./x/../k.mp4", str(tmp_path / "missing" / "y.mp4")]
+    cached = CatalogUris()
+    for uri in uris + uris:  # twice: the second round is answered from the caches
+        assert cached(uri) == normalise_uri(uri), uri
+    assert cached(str(tmp_path / "link" / ".." / "a.wav")) == f"file://{tmp_path}/real/a.wav"
+    assert cached(str(tmp_path / "other" / "file-link.wav")) == f"file://{tmp_path}/real/a.wav"
 
 
 def test_overwrite_column():

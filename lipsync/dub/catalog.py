@@ -36,7 +36,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from lipsync.errors import InputError
 from lipsync.io import storage
@@ -98,8 +98,9 @@ def parse_catalog(text: str, fmt: str, source: str, output_root: str, *,
         raise InputError(source, "catalog has no rows")
     base = _parent(source)
     items = [_to_item(row_no, raw, source, base, output_root) for row_no, raw in rows]
-    _check_unique(items, source)
-    _check_outputs(items, source, output_root, allow_outputs_outside_root)
+    uris = CatalogUris()
+    _check_unique(items, source, uris)
+    _check_outputs(items, source, output_root, allow_outputs_outside_root, uris)
     return items
 
 
@@ -241,14 +242,14 @@ def _bool_cell(raw: dict[str, Any], col: str, bad) -> bool:
     raise bad(f"{col} must be true or false, got {value!r}")
 
 
-def _check_unique(items: list[CatalogItem], source: str) -> None:
+def _check_unique(items: list[CatalogItem], source: str, normalise: Callable[[str], str]) -> None:
     first_id: dict[str, CatalogItem] = {}
     first_output: dict[str, CatalogItem] = {}
     for item in items:
         if item.id in first_id:
             raise InputError(source, f"row {item.row}: duplicate id {item.id!r} (first on row {first_id[item.id].row})")
         first_id[item.id] = item
-        key = normalise_uri(item.output)
+        key = normalise(item.output)
         if key in first_output:
             other = first_output[key]
             raise InputError(source, f"row {item.row}: duplicate output {item.output!r} "
@@ -256,16 +257,17 @@ def _check_unique(items: list[CatalogItem], source: str) -> None:
         first_output[key] = item
 
 
-def _check_outputs(items: list[CatalogItem], source: str, output_root: str, allow_outside_root: bool) -> None:
+def _check_outputs(items: list[CatalogItem], source: str, output_root: str, allow_outside_root: bool,
+                   normalise: Callable[[str], str]) -> None:
     """No output may replace an input, the catalog or the run's bookkeeping, or leave the root."""
     inputs: dict[str, tuple[str, CatalogItem]] = {}
     for item in items:
-        inputs.setdefault(normalise_uri(item.audio), ("audio", item))
-        inputs.setdefault(normalise_uri(item.character), ("character bundle", item))
-    bundles = {normalise_uri(i.character): i for i in items}
-    catalog, root = normalise_uri(source), normalise_uri(output_root)
+        inputs.setdefault(normalise(item.audio), ("audio", item))
+        inputs.setdefault(normalise(item.character), ("character bundle", item))
+    bundles = {normalise(i.character): i for i in items}
+    catalog, root = normalise(source), normalise(output_root)
     for item in items:
-        out = normalise_uri(item.output)
+        out = normalise(item.output)
 
         def bad(problem: str) -> InputError:
             return InputError(source, f"row {item.row}: output {item.output!r} {problem}")
@@ -320,7 +322,7 @@ _LOCAL_SCHEMES = ("", "file", "local")
 _SCHEME_ALIASES = {"s3a": "s3"}
 
 
-def normalise_uri(uri: str) -> str:
+def normalise_uri(uri: str, realpath: Callable[[str], str] = os.path.realpath) -> str:
     """One spelling per location, for comparing URIs (never for opening them).
 
     Local paths and file:// URIs become `file://<absolute path>` with symlinks, `.`, `..` and
@@ -335,13 +337,47 @@ def normalise_uri(uri: str) -> str:
         scheme, rest = text.split("://", 1)
         scheme = scheme.lower()
     if scheme in _LOCAL_SCHEMES:
-        return "file://" + os.path.realpath(rest or ".")
+        return "file://" + realpath(rest or ".")
     bucket, _, key = rest.partition("/")
     key = posixpath.normpath("/" + key).lstrip("/") if key else ""
     if key.startswith("/"):  # normpath keeps a leading "//"
         key = key.lstrip("/")
     scheme = _SCHEME_ALIASES.get(scheme, scheme)
     return f"{scheme}://{bucket}/{key}" if key and key != "." else f"{scheme}://{bucket}"
+
+
+class CatalogUris:
+    """`normalise_uri` for one catalog's checks: each distinct URI, and each local directory, resolved once.
+
+    The checks normalise five URIs per row, and os.path.realpath lstat()s every component of every
+    path: 100,000 rows took 10 s, all before the first shard could start. A catalog names few
+    directories and repeats its inputs, so the realpath of a file here is the cached realpath of
+    its directory joined with its name (resolved in full only when the name is itself a symlink,
+    or the path has a `..`, whose meaning depends on the symlinks before it): the same answer as
+    os.path.realpath. Scoped to one validation, so nothing stale outlives it.
+    """
+
+    def __init__(self) -> None:
+        self._uris: dict[str, str] = {}
+        self._dirs: dict[str, str] = {}
+
+    def __call__(self, uri: str) -> str:
+        key = self._uris.get(uri)
+        if key is None:
+            key = self._uris[uri] = normalise_uri(uri, self.realpath)
+        return key
+
+    def realpath(self, path: str) -> str:
+        if ".." in path.split(os.sep):
+            return os.path.realpath(path)
+        parent, name = os.path.split(os.path.abspath(path))
+        if not name:
+            return os.path.realpath(path)
+        real_parent = self._dirs.get(parent)
+        if real_parent is None:
+            real_parent = self._dirs[parent] = os.path.realpath(parent)
+        candidate = os.path.join(real_parent, name)
+        return os.path.realpath(candidate) if os.path.islink(candidate) else candidate
 
 
 def relative_to(uri: str, root: str) -> str | None:
