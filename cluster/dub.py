@@ -84,7 +84,8 @@ from lipsync.io.storage import json_safe
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 3  # the run finished; the report says which items failed
 LOCAL_RAY_IP = "127.0.0.1"  # the embedded Ray listens here only
-PLAN_BLOCKS_MAX = 1000  # catalog blocks; larger catalogs put several items in a block
+PLAN_BLOCKS_MAX = 200  # catalog blocks; larger catalogs put several items in a block (from_items: 1,000
+# blocks of 100,000 rows took 1.2-2.2 s before the first shard, 200 blocks 0.4 s; docs/BENCHMARKS.md)
 PLAN_ACTORS_MAX = 16  # planning actors at most (each holds plan_cpus and its loaded characters)
 STITCH_BACKLOG_PER_SLOT = 4  # items waiting for a stitch, per stitch slot, before the driver stops reading
 EARLY_LOAD_ROWS = 16  # catalog rows whose characters a render actor loads in its constructor
