@@ -132,23 +132,23 @@ def one_run(n: int, work: Path, character: str, address: str | None = None, stop
             if stop_at_first:
                 raise FirstShard
 
+    def cold_start() -> dict:
+        return {"items": n, "first_shard_s": first[0] if first else None, "driver_imports_s": imports_s,
+                "first_shard_from_job_start_s": imports_s + first[0] if first else None,
+                "peak_rss_mb": peak_rss_mb(), "ray": "connected to a head" if address else "embedded"}
+
     if stop_at_first:
         try:
             run_dub(str(catalog), str(run_dir / "out"), cfg, progress=progress, address=address)
         except FirstShard:
             pass
-        return {"items": n, "first_shard_s": first[0] if first else None, "driver_imports_s": imports_s,
-                "first_shard_from_job_start_s": imports_s + first[0] if first else None,
-                "peak_rss_mb": peak_rss_mb(), "ray": "connected to a head" if address else "embedded"}
+        return cold_start()
     run = run_dub(str(catalog), str(run_dir / "out"), cfg, progress=progress, address=address)
     wall = time.monotonic() - t0
     t = run.report["timings"]
-    return {"items": n, "ok": run.report["counts"]["ok"], "frames": run.report["frames_rendered"], "wall_s": wall,
-            "per_item_s": wall / n, "peak_rss_mb": peak_rss_mb(), "manifest_bytes": written[0],
-            "first_shard_s": first[0] if first else None, "driver_imports_s": imports_s,
-            "first_shard_from_job_start_s": imports_s + first[0] if first else None,
-            "plan_share": t.get("plan_s", 0) / t["total_s"],
-            "ray_init_s": t.get("ray_init_s", 0), "ray": "connected to a head" if address else "embedded"}
+    return {**cold_start(), "ok": run.report["counts"]["ok"], "frames": run.report["frames_rendered"],
+            "wall_s": wall, "per_item_s": wall / n, "manifest_bytes": written[0],
+            "plan_share": t.get("plan_s", 0) / t["total_s"], "ray_init_s": t.get("ray_init_s", 0)}
 
 
 def driver_only(n: int) -> dict:

@@ -350,7 +350,7 @@ class CatalogUris:
     """`normalise_uri` for one catalog's checks: each distinct URI, and each local directory, resolved once.
 
     The checks normalise five URIs per row, and os.path.realpath lstat()s every component of every
-    path: 100,000 rows took 10 s, all before the first shard could start. A catalog names few
+    path: 4.5 s of `read_catalog` at 100,000 rows (now 1.45 s), all before the first shard could start. A catalog names few
     directories and repeats its inputs, so the realpath of a file here is the cached realpath of
     its directory joined with its name (resolved in full only when the name is itself a symlink,
     or the path has a `..`, whose meaning depends on the symlinks before it): the same answer as
