@@ -6,9 +6,8 @@ import datetime
 import os
 import platform
 import re
+import resource
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
@@ -37,7 +36,20 @@ def bench_dataset(video: str = "edtalk_uncrop_Obama.mp4") -> Path:
     return out
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MB: VmHWM, which starts afresh at exec. ru_maxrss carries the
+    parent's peak across fork + exec (Linux keeps the larger): a benchmark's child process read its
+    parent's RSS whenever the parent was the bigger (measured: 613 MB read for a 14 MB child)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def machine_line() -> str:
+    import torch  # here: a benchmark's driver-side child must not pay for torch by importing this module
+
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

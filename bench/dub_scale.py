@@ -28,12 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import media_file, peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 CUTS = 50
@@ -57,27 +58,23 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def make_cuts(work: Path) -> list[Path]:
-    from common import media_file
-
+    """The CUTS speech cuts under work/cuts (made once: a child run only names them, so it imports
+    no more than a job's driver does)."""
+    out = work / "cuts"
+    paths = [out / f"c{i:02d}.wav" for i in range(CUTS)]
+    if all(p.exists() for p in paths):
+        return paths
     from lipsync.io import media
 
-    out = work / "cuts"
     out.mkdir(parents=True, exist_ok=True)
     sources = [media.read_audio(media_file(n)) for n in ("sadtalker_RD_Radio34_002.wav", "sadtalker_chinese_news.wav")]
-    paths = []
-    for i in range(CUTS):
-        path = out / f"c{i:02d}.wav"
+    for i, path in enumerate(paths):
         if not path.exists():
             wav = sources[i % 2]
             seconds = 0.2 + 0.2 * ((i * 7) % 10) / 9  # 0.2 .. 0.4 s
             start = int((0.3 + 0.17 * i) * 16000) % (len(wav) - 16000)
             media.write_wav(path, wav[start:start + int(seconds * 16000)])
-        paths.append(path)
     return paths
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/long_audio.py [--hours 1,4] [--render] [--lipsync-root DIR] [--record]
 
 Makes low-bitrate opus files of 1 h and 4 h by looping a real speech clip (cached), then runs
-each case in a fresh Python process and reports its wall time and peak RSS (ru_maxrss, ffmpeg
+each case in a fresh Python process and reports its wall time and peak RSS (VmHWM, ffmpeg
 children not included):
 
 - reject: `load_audio` with the default max_audio_seconds (3600) on the 4 h file (should be
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, REPO, machine_line, media_file, record_section
+from common import CACHE, REPO, machine_line, media_file, peak_rss_mb, record_section
 
 SECTION = "Long audio: memory of validating and planning (bench/long_audio.py)"
 SOURCE = "iplap_audio2.wav"  # 21 s of speech, looped
@@ -83,7 +82,7 @@ def run_case(case: str, audio: str, bundle: str | None) -> dict:
 
     torch.set_num_threads(2)
     cfg = RenderConfig(device="cpu")
-    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_mb = peak_rss_mb()
     character = _stub_character()
     t0 = time.perf_counter()
     outcome = ""
@@ -94,7 +93,7 @@ def run_case(case: str, audio: str, bundle: str | None) -> dict:
             with tempfile.TemporaryDirectory() as tmp:
                 result = render(bundle, audio, str(Path(tmp) / "dub.mp4"), cfg)
             return {"seconds": time.perf_counter() - t0, "base_mb": base_mb,
-                    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "rss_mb": peak_rss_mb(),
                     "outcome": f"rendered {result.frames} frames"}
         wav = load_audio(audio, cfg, 16000)
         outcome = f"decoded {wav.size / 16000:.0f} s"
@@ -119,7 +118,7 @@ def run_case(case: str, audio: str, bundle: str | None) -> dict:
                 outcome += f", rendered {stats.frames} frames"
     except InputError as e:
         outcome = f"InputError: {str(e).split(': ', 1)[-1][:60]}"
-    return {"seconds": time.perf_counter() - t0, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"seconds": time.perf_counter() - t0, "rss_mb": peak_rss_mb(),
             "base_mb": base_mb, "outcome": outcome}
 
 

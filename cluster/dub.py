@@ -1,6 +1,6 @@
 """Batch dubbing on Ray, streamed: one Ray Data pipeline plan -> render, stitch tasks, a report.
 
-    catalog rows --flat_map(PlanRows, actors)--> one row per shard (or one status row per skipped/failed item)
+    catalog chunks --flat_map(PlanRows, actors)--> one row per shard (or one status row per skipped/failed item)
                  --map_batches(RenderShards, actors)--> one segment per shard (in storage), a row back
     the driver iterates the rows as they stream out; an item's last shard --> stitch (Ray task)
     --> output.mp4 published, _manifest/<id>.json, work prefix deleted
@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import tempfile
 import threading
 import time
@@ -84,8 +85,8 @@ from lipsync.io.storage import json_safe
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 3  # the run finished; the report says which items failed
 LOCAL_RAY_IP = "127.0.0.1"  # the embedded Ray listens here only
-PLAN_BLOCKS_MAX = 200  # catalog blocks; larger catalogs put several items in a block (from_items: 1,000
-# blocks of 100,000 rows took 1.2-2.2 s before the first shard, 200 blocks 0.4 s; docs/BENCHMARKS.md)
+PLAN_BLOCKS_MAX = 200  # catalog chunks (one row, one block each); larger catalogs put several items in a chunk
+# (from_items: 1,000 blocks of 100,000 rows took 1.2-2.2 s before the first shard, 200 blocks 0.4 s; docs/BENCHMARKS.md)
 PLAN_ACTORS_MAX = 16  # planning actors at most (each holds plan_cpus and its loaded characters)
 STITCH_BACKLOG_PER_SLOT = 4  # items waiting for a stitch, per stitch slot, before the driver stops reading
 EARLY_LOAD_ROWS = 16  # catalog rows whose characters a render actor loads in its constructor
@@ -131,14 +132,27 @@ def plan_one(item: CatalogItem, output_root: str, run: str, cfg: DubConfig,
 STR_COLUMNS = ("item_id", "kind", "character", "feats", "rest", "segment", "plan", "result", "error")
 
 
-def catalog_rows(items: list[CatalogItem], legacy: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
-    """The pipeline's input: each item (and its legacy `_manifest.json` entry, if any) as JSON."""
-    # vars, not dataclasses.asdict: the fields are plain values, and asdict's deep copy was 1 s per 100,000 rows
-    return [{"item": json.dumps(vars(i)), "legacy": json.dumps(legacy.get(i.id))} for i in items]
+def catalog_rows(items: list[CatalogItem], legacy: dict[str, dict[str, Any]], chunks: int) -> list[dict[str, Any]]:
+    """The pipeline's input: the catalog in `chunks` contiguous chunks, one row each: its items
+    (pickled: Ray's own serialisation between our driver and our workers) and their entries in a
+    legacy `_manifest.json`, if any.
+
+    Chunks rather than a row per item: at 100,000 items a row per item (JSON) and from_items of
+    those rows took 0.9 s before the first shard, the chunks 0.2 s (docs/BENCHMARKS.md).
+    """
+    size = max(1, -(-len(items) // max(1, chunks)))
+    rows = []
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        old = {i.id: legacy[i.id] for i in chunk if i.id in legacy}
+        rows.append({"items": pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL), "legacy": json.dumps(old)})
+    return rows
 
 
 class PlanRows:
-    """Ray Data flat_map callable (a pool of planning actors): `plan_rows` for each catalog row.
+    """Ray Data flat_map callable (a pool of planning actors): `plan_rows` for each item of a
+    catalog chunk, yielded item by item (the first item's shards go on while the chunk's later
+    items are planned).
 
     Actors rather than tasks: a planning process keeps its loaded characters (the audio
     encoder) from item to item. As tasks, Ray Data's backpressure leaves a planning worker idle
@@ -153,19 +167,19 @@ class PlanRows:
         self.output_root, self.run, self.cfg, self.overwrite = output_root, run, cfg, overwrite
         torch.set_num_threads(max(1, int(cfg.plan_cpus)))
 
-    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        return plan_rows(row, self.output_root, self.run, self.cfg, self.overwrite)
+    def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        legacy = json.loads(row["legacy"])
+        for item in pickle.loads(row["items"]):
+            yield from plan_rows(item, legacy.get(item.id), self.output_root, self.run, self.cfg, self.overwrite)
 
 
-def plan_rows(row: dict[str, Any], output_root: str, run: str, cfg: DubConfig, overwrite: bool
-              ) -> list[dict[str, Any]]:
-    """Plan one catalog row into its shard rows, or one status row.
+def plan_rows(item: CatalogItem, legacy: dict[str, Any] | None, output_root: str, run: str, cfg: DubConfig,
+              overwrite: bool) -> list[dict[str, Any]]:
+    """Plan one catalog item into its shard rows, or one status row.
 
     The item's manifest record is read here (one small read per item, on a worker): the
-    driver never holds the manifest.
+    driver never holds the manifest. `legacy`: the item's entry in a legacy `_manifest.json`.
     """
-    item = CatalogItem(**json.loads(row["item"]))
-    legacy = json.loads(row["legacy"])
     try:
         entry = call_with_retries(lambda: manifest.read_entry(output_root, item.id, legacy),
                                   what=f"read manifest record {item.id}")
@@ -313,10 +327,10 @@ def shard_rows(plans: list[P.ItemPlan], cfg: DubConfig) -> list[dict[str, Any]]:
 def dub_dataset(items: list[CatalogItem], legacy: dict[str, dict[str, Any]], output_root: str, run: str,
                 cfg: DubConfig, device: str, overwrite: bool) -> ray.data.Dataset:
     """Catalog rows -> plan tasks (flat_map) -> the RenderShards actor pool, streamed."""
-    rows = catalog_rows(items, legacy)
-    blocks = min(len(rows), PLAN_BLOCKS_MAX)
+    rows = catalog_rows(items, legacy, PLAN_BLOCKS_MAX)
+    blocks = len(rows)
     cpus = ray.cluster_resources().get("CPU", 0.0)
-    render_pool = actor_pool(cfg, len(rows), cpus)
+    render_pool = actor_pool(cfg, len(items), cpus)
     planned = ray.data.from_items(rows, override_num_blocks=blocks).flat_map(
         PlanRows, fn_constructor_kwargs={"output_root": output_root, "run": run, "cfg": cfg, "overwrite": overwrite},
         compute=plan_pool(cfg, blocks, cpus - render_pool.min_size * cfg.actor_cpus), num_cpus=cfg.plan_cpus)

@@ -221,6 +221,27 @@ def test_first_characters_are_the_distinct_characters_of_the_first_rows_up_to_th
     assert first_characters([], cfg) == ()
 
 
+def test_the_catalog_goes_to_the_pipeline_in_contiguous_chunks_with_their_legacy_entries():
+    """Every item once, in catalog order, in at most `chunks` rows; each chunk carries only its
+    own items' legacy manifest entries; PlanRows reads a chunk back item by item."""
+    import json
+    import pickle
+
+    from cluster.dub import catalog_rows
+    from lipsync.dub.catalog import CatalogItem
+
+    items = [CatalogItem(f"i{k}", "c", f"a{k}.wav", f"o{k}.mp4", row=k + 1, crf=k % 3 or None) for k in range(11)]
+    legacy = {"i1": {"frames": 1}, "i9": {"frames": 9}, "gone": {"frames": 0}}
+    for chunks, expected in ((4, [3, 3, 3, 2]), (1, [11]), (50, [1] * 11)):
+        rows = catalog_rows(items, legacy, chunks)
+        parts = [pickle.loads(r["items"]) for r in rows]
+        assert [len(p) for p in parts] == expected
+        assert [i for p in parts for i in p] == items
+        for part, row in zip(parts, rows):
+            assert json.loads(row["legacy"]) == {i.id: legacy[i.id] for i in part if i.id in legacy}
+    assert catalog_rows([], legacy, 4) == []
+
+
 @pytest.mark.media
 def test_a_render_actor_loads_its_first_characters_at_start_and_survives_one_that_does_not_load(
         character, tmp_path):  # noqa: F811
