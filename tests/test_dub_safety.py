@@ -106,21 +106,27 @@ def test_symlinked_local_paths_are_one_file(tmp_path):
 
 def test_the_catalogs_cached_normalisation_resolves_symlinks_as_realpath_does(tmp_path, monkeypatch):
     """CatalogUris resolves a directory once and joins names to it: it must still give os.path.realpath's
-    answer for a symlinked directory, a symlinked file, a `..` after a symlink, relative and s3 URIs."""
+    answer for a symlinked directory, a symlinked (or dangling) file, a `..` after a symlink, hidden names,
+    top-level files, relative and s3 URIs."""
     (tmp_path / "real" / "deep").mkdir(parents=True)
     (tmp_path / "other").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real" / "deep")
     (tmp_path / "real" / "a.wav").write_bytes(b"x")
     (tmp_path / "other" / "file-link.wav").symlink_to(tmp_path / "real" / "a.wav")
+    (tmp_path / "other" / "dangling.mp4").symlink_to(tmp_path / "nowhere" / "z.mp4")
+    (tmp_path / "other" / "dir-link").symlink_to(tmp_path / "real")
     monkeypatch.chdir(tmp_path)
     uris = [str(tmp_path / "link" / "b.mp4"), f"file://{tmp_path}/link/./b.mp4", str(tmp_path / "other" / "file-link.wav"),
             str(tmp_path / "link" / ".." / "a.wav"),  # `..` from the link's target: real/a.wav, not tmp/a.wav
-            "link/c.mp4", "other//x.mp4", ".", "/", "s3://b/out/./x/../k.mp4", str(tmp_path / "missing" / "y.mp4")]
+            "link/c.mp4", "other//x.mp4", ".", "/", "s3://b/out/./x/../k.mp4", str(tmp_path / "missing" / "y.mp4"),
+            str(tmp_path / "other" / "dangling.mp4"), str(tmp_path / "other" / "dir-link" / "d.mp4"),
+            str(tmp_path / ".hidden" / "h.mp4"), f"{tmp_path}/real/", "/no-such-top-level.mp4"]
     cached = CatalogUris()
     for uri in uris + uris:  # twice: the second round is answered from the caches
         assert cached(uri) == normalise_uri(uri), uri
     assert cached(str(tmp_path / "link" / ".." / "a.wav")) == f"file://{tmp_path}/real/a.wav"
     assert cached(str(tmp_path / "other" / "file-link.wav")) == f"file://{tmp_path}/real/a.wav"
+    assert cached(str(tmp_path / "other" / "dangling.mp4")) == f"file://{tmp_path}/nowhere/z.mp4"
 
 
 def test_overwrite_column():
