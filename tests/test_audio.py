@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,13 +19,15 @@ from lipsync.audio import (
     context_range,
     context_stack,
     encode_frames,
+    loudness,
     mel_window_start,
     mel_windows,
     melspectrogram,
     num_video_frames,
 )
-from lipsync.audio.mel import _mel_basis, preemphasis
+from lipsync.audio.mel import _amp_to_db, _mel_basis, _normalize, _stft_magnitude, _to_mel, preemphasis
 from lipsync.config import AudioConfig
+from lipsync.io import media
 
 CFG = AudioConfig()
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -113,6 +118,68 @@ def test_mel_basis_is_cached_per_config():
     assert _mel_basis(CFG) is _mel_basis(AudioConfig())
     other = dataclasses.replace(CFG, n_mels=40)
     assert _mel_basis(other).shape == (40, CFG.n_fft // 2 + 1)
+
+
+OTHER_CFG = AudioConfig(n_mels=40, fmin=0.0, fmax=8000.0, n_fft=1024, win_length=640, hop_length=160)
+
+
+@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, n_mels=40, fmin=125.0, fmax=3800.0), OTHER_CFG],
+                         ids=["default", "40-mels", "1024-fft"])
+def test_mel_basis_is_librosas(cfg):
+    """The numpy filterbank is librosa.filters.mel's (Slaney scale and norm); measured bit for bit."""
+    expected = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax)
+    basis = _mel_basis(cfg)
+    assert basis.dtype == np.float32 and basis.shape == expected.shape and not basis.flags.writeable
+    assert np.abs(basis - expected).max() <= 1e-7
+
+
+def audio_signal(name: str) -> np.ndarray:
+    if name == "speech":
+        if not MEDIA.is_dir():
+            pytest.skip(f"real media not found at {MEDIA}")
+        return media.read_audio(MEDIA / "sadtalker_RD_Radio34_002.wav")  # 8.00 s of speech, the project's loader
+    rng = np.random.default_rng(5)
+    noise = np.clip(rng.normal(0.0, 0.3, 3 * CFG.sample_rate), -1, 1).astype(np.float32)
+    return noise if name == "noise" else noise[:300]  # "short": less than n_fft // 2, np.pad reflects repeatedly
+
+
+def librosa_mel(wav: np.ndarray, cfg: AudioConfig, center: bool) -> np.ndarray:
+    """The librosa computation mel.py replaced: librosa.stft + librosa.filters.mel + the same dB scaling."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # librosa warns that n_fft is larger than the short signal
+        spec = np.abs(librosa.stft(preemphasis(wav, cfg.preemphasis), n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                   win_length=cfg.win_length, center=center, pad_mode=cfg.stft_pad_mode))
+    basis = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax)
+    return _normalize(_amp_to_db(basis @ spec, cfg), cfg).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["speech", "noise", "short"])
+@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, stft_pad_mode="constant"), OTHER_CFG],
+                         ids=["reflect", "constant", "1024-fft"])
+def test_melspectrogram_is_the_librosa_computation(name, cfg):
+    """Centred (melspectrogram) and uncentred (what MelStream runs) STFTs: measured bit for bit."""
+    wav = audio_signal(name)
+    ours = melspectrogram(wav, cfg)
+    expected = librosa_mel(wav, cfg, center=True)
+    assert ours.shape == expected.shape == (cfg.n_mels, 1 + wav.size // cfg.hop_length)
+    assert np.abs(ours - expected).max() <= 1e-5
+    if wav.size >= cfg.n_fft:
+        uncentred = _to_mel(_stft_magnitude(preemphasis(wav, cfg.preemphasis), cfg, center=False), cfg)
+        expected = librosa_mel(wav, cfg, center=False)
+        assert uncentred.shape == expected.shape == (cfg.n_mels, 1 + (wav.size - cfg.n_fft) // cfg.hop_length)
+        assert np.abs(uncentred - expected).max() <= 1e-5
+
+
+def test_stft_of_long_audio_goes_in_blocks_of_frames(monkeypatch):
+    """More frames than one block (STFT_BLOCK_FRAMES): the same columns as in one block."""
+    from lipsync.audio import mel
+
+    wav = audio_signal("noise")
+    whole = _stft_magnitude(wav, CFG, center=True)
+    monkeypatch.setattr(mel, "STFT_BLOCK_FRAMES", 7)
+    assert np.array_equal(_stft_magnitude(wav, CFG, center=True), whole)
+    with pytest.raises(ValueError):
+        _stft_magnitude(wav[: CFG.n_fft - 1], CFG, center=False)
 
 
 def test_rejects_empty_and_multichannel_audio():
@@ -301,3 +368,111 @@ def test_real_speech_end_to_end_shapes():
     windows = mel_windows(mel, n, CFG)
     feats = encode_frames(TinyEncoder(), windows, batch_size=64)
     assert context_range(feats, 0, n, CFG).shape == (n, 32, 16, 16)
+
+
+# ----------------------------------------------------------------------------- loudness (numpy K-weighting)
+
+
+def lfilter_step_energies(chunks, rate: int):
+    """loudness._step_energies as it was, with scipy.signal.lfilter: the reference for the numpy biquads."""
+    from scipy.signal import lfilter
+
+    filters = [loudness._biquad_high_shelf(rate), loudness._biquad_high_pass(rate)]
+    states = [np.zeros(2) for _ in filters]
+    step = int(round(loudness.STEP_S * rate))
+    sums, carry, peak = [], np.zeros(0), 0.0
+    for chunk in chunks:
+        x = np.asarray(chunk, np.float64)
+        if x.size == 0:
+            continue
+        peak = max(peak, float(np.abs(x).max()))
+        for i, (b, a) in enumerate(filters):
+            x, states[i] = lfilter(b, a, x, zi=states[i])
+        x = np.concatenate([carry, x])
+        full = len(x) // step * step
+        sums.extend(np.square(x[:full]).reshape(-1, step).sum(axis=1).tolist())
+        carry = x[full:]
+    return np.asarray(sums), peak
+
+
+def lfilter_loudness(wav, rate: int, monkeypatch) -> tuple[float, float]:
+    with monkeypatch.context() as patch:
+        patch.setattr(loudness, "_step_energies", lfilter_step_energies)
+        return loudness.integrated_loudness(wav, rate)
+
+
+def random_chunks(wav: np.ndarray, seed: int) -> list[np.ndarray]:
+    """`wav` cut at random places, with some 1-sample chunks among them."""
+    rng = np.random.default_rng(seed)
+    cuts = rng.choice(np.arange(1, wav.size), min(wav.size - 1, 30), replace=False)
+    cuts = np.unique(np.concatenate([cuts, cuts[:8] + 1]))
+    return np.split(wav, cuts[cuts < wav.size])
+
+
+def loudness_signal(name: str, rate: int) -> np.ndarray:
+    t = np.arange(4 * rate) / rate
+    rng = np.random.default_rng(11)
+    signals = {
+        "sine": lambda: 0.5 * np.sin(2 * np.pi * 997 * t),
+        "low-sine": lambda: 0.5 * np.sin(2 * np.pi * 40 * t),  # at the high pass's corner
+        "noise": lambda: 0.1 * rng.standard_normal(t.size),
+        "silence": lambda: np.zeros(t.size),
+        "short": lambda: 0.1 * rng.standard_normal(int(0.7 * rate)),  # 4 gating blocks
+        "very-short": lambda: 0.1 * rng.standard_normal(100),  # no gating block at all
+    }
+    if name == "speech":
+        return audio_signal("speech")
+    return signals[name]().astype(np.float32)
+
+
+SYNTHETIC = ["sine", "low-sine", "noise", "silence", "short", "very-short"]
+
+
+@pytest.mark.parametrize(("name", "rate"), [(name, 16000) for name in ["speech", *SYNTHETIC]]
+                         + [(name, 48000) for name in SYNTHETIC])
+def test_loudness_is_the_lfilter_one(name, rate, monkeypatch):
+    """The numpy biquads give scipy.signal.lfilter's integrated loudness, whole and in random chunks
+    (measured: within ~1e-13 LU). 48 kHz: the high pass's double pole comes out as a complex pair."""
+    wav = loudness_signal(name, rate)
+    expected, peak = lfilter_loudness(wav, rate, monkeypatch)
+    for got in (loudness.integrated_loudness(wav, rate), loudness.integrated_loudness(random_chunks(wav, 2), rate)):
+        assert got[1] == peak
+        if math.isinf(expected):
+            assert got[0] == expected
+        else:
+            assert abs(got[0] - expected) <= 1e-6
+
+
+def test_k_weighting_filters_are_lfilter_across_chunks():
+    """Each streamed biquad is lfilter's output, to ~1e-12 of the signal's scale, across chunk edges."""
+    from scipy.signal import lfilter
+
+    wav = np.concatenate([audio_signal("noise"), np.zeros(500, np.float32), loudness_signal("low-sine", 16000)])
+    for design in (loudness._biquad_high_shelf, loudness._biquad_high_pass):
+        b, a = design(CFG.sample_rate)
+        expected = lfilter(b, a, wav.astype(np.float64))
+        biquad = loudness._Biquad(b, a)
+        got = np.concatenate([biquad(chunk.astype(np.float64)) for chunk in random_chunks(wav, 3)])
+        assert np.abs(got - expected).max() <= 1e-12 * np.abs(expected).max()
+
+
+def test_run_time_audio_front_end_imports_neither_librosa_nor_scipy():
+    """A worker's mel spectrogram, MelStream and loudness normalisation are numpy only: importing librosa
+    (numba) or scipy.signal cost the first item of a fresh worker ~2 s."""
+    code = """
+import sys
+import numpy as np
+import lipsync.audio
+from lipsync.audio import MelStream, loudness, melspectrogram
+from lipsync.config import AudioConfig
+cfg = AudioConfig()
+wav = (0.1 * np.random.default_rng(0).standard_normal(cfg.sample_rate)).astype(np.float32)
+wav = loudness.normalise(wav, cfg)
+mel = melspectrogram(wav, cfg)
+stream = MelStream(cfg)
+assert np.concatenate([stream.push(wav), stream.finish()], axis=1).shape == mel.shape
+loaded = sorted({m.split(".")[0] for m in sys.modules} & {"librosa", "scipy", "numba"})
+assert not loaded, loaded
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

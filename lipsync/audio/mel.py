@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 
-import librosa
 import numpy as np
 
 from lipsync.config import AudioConfig
@@ -46,13 +45,43 @@ def silence_value(cfg: AudioConfig) -> float:
     return -cfg.max_abs_value
 
 
+# Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, 3 mels per 200 Hz;
+# logarithmic above, 27 mels per factor 6.4 (1 kHz is mel 15).
+_LINEAR_HZ_PER_MEL = 200.0 / 3
+_LOG_MIN_HZ = 1000.0
+_LOG_MIN_MEL = _LOG_MIN_HZ / _LINEAR_HZ_PER_MEL  # 15
+_LOG_STEP = np.log(6.4) / 27.0  # natural log of Hz per mel above 1 kHz
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, np.float64)
+    log_part = _LOG_MIN_MEL + np.log(np.maximum(hz, _LOG_MIN_HZ) / _LOG_MIN_HZ) / _LOG_STEP
+    return np.where(hz >= _LOG_MIN_HZ, log_part, hz / _LINEAR_HZ_PER_MEL)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, np.float64)
+    log_part = _LOG_MIN_HZ * np.exp(_LOG_STEP * (np.maximum(mel, _LOG_MIN_MEL) - _LOG_MIN_MEL))
+    return np.where(mel >= _LOG_MIN_MEL, log_part, _LINEAR_HZ_PER_MEL * mel)
+
+
 @functools.lru_cache(maxsize=8)
 def _mel_basis(cfg: AudioConfig) -> np.ndarray:
-    """(n_mels, 1 + n_fft // 2) float32 filterbank; cached because configs are frozen (hashable)."""
-    basis = librosa.filters.mel(
-        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
-    )
-    basis = basis.astype(np.float32)
+    """(n_mels, 1 + n_fft // 2) float32 filterbank; cached because configs are frozen (hashable).
+
+    Triangles on the Slaney mel scale with Slaney ("area") normalisation, i.e. what
+    librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax) returns, bit for bit (tests/test_audio.py):
+    band i rises from edge f[i] to f[i+1] and falls to f[i+2] (n_mels + 2 edges evenly spaced in
+    mel from fmin to fmax), and is scaled by 2 / (f[i+2] - f[i]); as in librosa, the triangle is
+    rounded to float32 first and the scaled value again. numpy only: librosa's import costs a worker ~1.5 s.
+    """
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(cfg.fmin), _hz_to_mel(cfg.fmax), cfg.n_mels + 2))  # (n_mels + 2,)
+    bins = np.fft.rfftfreq(cfg.n_fft, 1.0 / cfg.sample_rate)  # (1 + n_fft // 2,) Hz of each FFT bin
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (n_mels, 1) each
+    rising = (bins - lo) / (mid - lo)  # (n_mels, n_bins)
+    falling = (hi - bins) / (hi - mid)
+    basis = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    basis *= 2.0 / (hi - lo)  # float64 product rounded to float32 in place
     basis.setflags(write=False)  # shared by every caller through the cache
     return basis
 
@@ -107,17 +136,43 @@ def _to_mel(spec: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     return _normalize(_amp_to_db(mel, cfg), cfg).astype(np.float32)
 
 
+STFT_BLOCK_FRAMES = 1024  # frames windowed and transformed at once: ~6.5 MB of float64 with the defaults
+
+
+@functools.lru_cache(maxsize=8)
+def _fft_window(n_fft: int, win_length: int) -> np.ndarray:
+    """(n_fft,) float64 periodic Hann window of win_length samples, zero-padded equally on both sides."""
+    if not 0 < win_length <= n_fft:
+        raise ValueError(f"win_length must be in 1..n_fft={n_fft}, got {win_length}")
+    hann = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win_length) / win_length)  # periodic: N, not N - 1
+    left = (n_fft - win_length) // 2
+    window = np.pad(hann, (left, n_fft - win_length - left))
+    window.setflags(write=False)
+    return window
+
+
 def _stft_magnitude(samples: np.ndarray, cfg: AudioConfig, center: bool) -> np.ndarray:
-    return np.abs(
-        librosa.stft(
-            samples,
-            n_fft=cfg.n_fft,
-            hop_length=cfg.hop_length,
-            win_length=cfg.win_length,
-            center=center,
-            pad_mode=cfg.stft_pad_mode,
-        )
-    )  # (1 + n_fft // 2, T)
+    """|STFT| of `samples`: (1 + n_fft // 2, T) float32 (Fortran-ordered), T = 1 + (len - n_fft) // hop_length.
+
+    The numbers librosa.stft(samples, n_fft, hop_length, win_length, center, pad_mode) gave
+    (Hann window, rfft of the float64 product window * frame, stored as complex64, then |.|), from
+    numpy alone. `center`: first pad n_fft // 2 samples each side with np.pad(mode=stft_pad_mode),
+    so frame t is centred on sample t * hop_length. The frames are a strided view of `samples`;
+    only STFT_BLOCK_FRAMES of them are windowed (float64) and transformed at a time.
+    """
+    n_fft, hop = cfg.n_fft, cfg.hop_length
+    samples = np.asarray(samples)
+    if center:
+        samples = np.pad(samples, n_fft // 2, mode=cfg.stft_pad_mode)
+    if samples.size < n_fft:
+        raise ValueError(f"need at least n_fft={n_fft} samples for an uncentred STFT, got {samples.size}")
+    frames = np.lib.stride_tricks.sliding_window_view(samples, n_fft)[::hop]  # (T, n_fft) view
+    window = _fft_window(n_fft, cfg.win_length)  # (n_fft,)
+    out = np.empty((len(frames), n_fft // 2 + 1), np.float32)  # (T, n_bins)
+    for t in range(0, len(frames), STFT_BLOCK_FRAMES):
+        block = frames[t:t + STFT_BLOCK_FRAMES] * window  # (b, n_fft) float64
+        out[t:t + len(block)] = np.abs(np.fft.rfft(block, axis=1).astype(np.complex64))  # (b, n_bins)
+    return out.T  # (n_bins, T), Fortran-ordered like librosa's: the mel matmul then rounds exactly as it did
 
 
 class MelStream:
