@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -340,6 +341,18 @@ def dub_dataset(items: list[CatalogItem], legacy: dict[str, dict[str, Any]], out
         compute=render_pool, **actor_resources(cfg, device))
 
 
+def stream_rows(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
+    """The dataset's rows as they are produced: no batch prefetched ahead.
+
+    `iter_rows` prefetches a batch, so the driver saw each shard row only once the next one was
+    rendered too (the first shard 0.4-0.6 s late here, docs/BENCHMARKS.md).
+    """
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        columns = list(batch.items())
+        for i in range(len(columns[0][1]) if columns else 0):
+            yield {name: values[i] for name, values in columns}
+
+
 def first_characters(items: list[CatalogItem], cfg: DubConfig, rows: int = EARLY_LOAD_ROWS) -> tuple[str, ...]:
     """The distinct characters of the catalog's first `rows` rows, in order (at most character_cache):
     what a render actor loads before its first shard arrives."""
@@ -591,7 +604,8 @@ def run_dub(catalog_uri: str, output_root: str, cfg: DubConfig = DubConfig(), *,
     terminal (init_ray, _ray_data_console); the CLI sets it unless -v.
     """
     # 1. the catalog, validated before any cluster work (cfg was validated by load_config)
-    items = read_catalog(catalog_uri, output_root, allow_outputs_outside_root=cfg.allow_outputs_outside_root)
+    with _long_lived_objects():
+        items = read_catalog(catalog_uri, output_root, allow_outputs_outside_root=cfg.allow_outputs_outside_root)
     legacy = read_manifest(output_root)  # a legacy _manifest.json (read only); new records are per item
     local = address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
     if local:
@@ -608,8 +622,28 @@ def run_dub(catalog_uri: str, output_root: str, cfg: DubConfig = DubConfig(), *,
             return _Driver(len(items), catalog_uri, output_root, cfg, progress, overwrite=overwrite,
                            started_at=started_at).run(items, legacy, t0, t0 - t_init)
     finally:
+        gc.unfreeze()
         if started_ray:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _long_lived_objects() -> Iterator[None]:
+    """No cyclic garbage collection while the block builds its objects (the catalog: no reference
+    cycles), and those objects frozen afterwards (gc.freeze: later collections do not scan them).
+
+    At 100,000 rows the collector's passes over the growing catalog cost 0.2 s of parsing and
+    0.35 s of what followed (importing Ray Data, building the dataset), all before the first
+    shard (docs/BENCHMARKS.md). run_dub unfreezes at its end; refcounting frees the items as usual.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -700,7 +734,7 @@ class _Driver:
                 with _one_row_blocks():
                     ds = dub_dataset(items, legacy, self.output_root, self.run_key, cfg, device, self.overwrite)
                     del items, legacy  # the dataset holds them now; the driver keeps only items in flight
-                    for row in ds.iter_rows():
+                    for row in stream_rows(ds):
                         self._on_row(row)
                         self._pump_stitches(block=False)
                         while len(self.stitch_queue) > STITCH_BACKLOG_PER_SLOT * cfg.max_concurrent_stitches:
