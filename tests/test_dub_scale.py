@@ -221,6 +221,40 @@ def test_first_characters_are_the_distinct_characters_of_the_first_rows_up_to_th
     assert first_characters([], cfg) == ()
 
 
+def test_the_catalog_is_parsed_without_the_cyclic_collector_and_frozen_after():
+    """_long_lived_objects: no collection inside (a cycle made there survives), the objects frozen
+    after it, the collector's state restored (also when it was off before)."""
+    import gc
+    import weakref
+
+    from cluster.dub import _long_lived_objects
+
+    class Node:
+        pass
+
+    assert gc.isenabled()
+    try:
+        with _long_lived_objects():
+            assert not gc.isenabled()
+            node = Node()
+            node.self = node  # a cycle only the collector could free
+            ref = weakref.ref(node)
+            del node
+            assert ref() is not None
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        gc.collect()
+        assert ref() is not None  # frozen: later collections do not scan it
+        gc.disable()
+        with _long_lived_objects():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    gc.collect()
+    assert ref() is None  # unfrozen, the cycle is collected
+
+
 def test_the_catalog_goes_to_the_pipeline_in_contiguous_chunks_with_their_legacy_entries():
     """Every item once, in catalog order, in at most `chunks` rows; each chunk carries only its
     own items' legacy manifest entries; PlanRows reads a chunk back item by item."""
