@@ -7,7 +7,7 @@
 Real runs: a catalog of N items of 0.2-0.4 s of real speech (cut from ../shared/media clips at
 different offsets; 50 distinct cuts shared by the rows), one tiny untrained character built from
 3 s of the Obama clip, shard 25 frames (one shard per item), 1 actor, device cpu, embedded Ray.
-Each size runs in a fresh child process (clean RSS). Prints per-item wall time, driver peak RSS,
+Each size runs in a fresh child process (its own peak RSS: VmHWM). Prints per-item wall time, driver peak RSS,
 manifest bytes written (every write under _manifest*, counted in the driver), the time to the
 first rendered shard (from before Ray starts to the driver seeing the first shard row; and from
 the job's start: plus the driver's own imports, timed in the child, which imports only what a
