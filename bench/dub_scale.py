@@ -3,6 +3,7 @@
     .venv/bin/python bench/dub_scale.py --items 100,1000            # real runs (embedded Ray, tiny preset)
     .venv/bin/python bench/dub_scale.py --driver-only 100000        # the driver's bookkeeping alone
     .venv/bin/python bench/dub_scale.py --head --first-shard-only --items 100,10000,100000  # cold start alone
+    .venv/bin/python bench/dub_scale.py --head --first-shard-only --items 100,100000 --repeat 5  # its spread
 
 Real runs: a catalog of N items of 0.2-0.4 s of real speech (cut from ../shared/media clips at
 different offsets; 50 distinct cuts shared by the rows), one tiny untrained character built from
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--head", action="store_true", help="run against a separate Ray head (ray job submit's case)")
     p.add_argument("--first-shard-only", action="store_true",
                    help="stop each run once its first shard is rendered: the cold start alone, at any catalog size")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the sizes this many times, interleaved (1,2,..,1,2,..), and print min/median/max per size")
     p.add_argument("--address", default=None, help=argparse.SUPPRESS)  # child: the head's GCS address
     p.add_argument("--character", default=None, help=argparse.SUPPRESS)  # child: the bundle the parent made
     p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child: one real run, JSON out
@@ -231,7 +235,9 @@ def main() -> int:
 
     character = build_character(work, "tiny")
     make_cuts(work)
-    for n in (int(x) for x in args.items.split(",")):
+    sizes = [int(x) for x in args.items.split(",")] * max(1, args.repeat)
+    results: list[dict] = []
+    for n in sizes:
         head = start_head() if args.head else None
         try:
             proc = subprocess.run([sys.executable, str(code / "bench" / "dub_scale.py"), "--one", str(n), "--work",
@@ -247,7 +253,23 @@ def main() -> int:
             print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
             return 1
         print(lines[-1][len("RESULT "):], flush=True)
+        results.append(json.loads(lines[-1][len("RESULT "):]))
+    if args.repeat > 1:
+        print(first_shard_table(results))
     return 0
+
+
+def first_shard_table(results: list[dict]) -> str:
+    """Markdown: per catalog size, the first shard from the job start over the repeats (min / median / max)."""
+    rows = ["| items | runs | first shard from the job start: min / median / max s |", "|---|---|---|"]
+    for n in dict.fromkeys(r["items"] for r in results):
+        times = sorted(r["first_shard_from_job_start_s"] for r in results
+                       if r["items"] == n and r["first_shard_from_job_start_s"] is not None)
+        if not times:
+            rows.append(f"| {n:,} | 0 | no shard rendered |")
+            continue
+        rows.append(f"| {n:,} | {len(times)} | {times[0]:.1f} / {statistics.median(times):.1f} / {times[-1]:.1f} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
