@@ -327,7 +327,7 @@ def shard_rows(plans: list[P.ItemPlan], cfg: DubConfig) -> list[dict[str, Any]]:
 
 def dub_dataset(items: list[CatalogItem], legacy: dict[str, dict[str, Any]], output_root: str, run: str,
                 cfg: DubConfig, device: str, overwrite: bool) -> ray.data.Dataset:
-    """Catalog rows -> plan tasks (flat_map) -> the RenderShards actor pool, streamed."""
+    """Catalog chunks -> the PlanRows actor pool (flat_map) -> the RenderShards actor pool, streamed."""
     rows = catalog_rows(items, legacy, PLAN_BLOCKS_MAX)
     blocks = len(rows)
     cpus = ray.cluster_resources().get("CPU", 0.0)
@@ -635,13 +635,14 @@ def _long_lived_objects() -> Iterator[None]:
     At 100,000 rows the collector's passes over the growing catalog cost 0.2 s of parsing and
     0.35 s of what followed (importing Ray Data, building the dataset), all before the first
     shard (docs/BENCHMARKS.md). run_dub unfreezes at its end; refcounting frees the items as usual.
+    Nothing is frozen when the block raises (a rejected catalog: run_dub ends there).
     """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
-    finally:
         gc.freeze()
+    finally:
         if enabled:
             gc.enable()
 

@@ -248,6 +248,11 @@ def test_the_catalog_is_parsed_without_the_cyclic_collector_and_frozen_after():
         with _long_lived_objects():
             pass
         assert not gc.isenabled()
+        gc.enable()
+        gc.unfreeze()
+        with pytest.raises(ValueError), _long_lived_objects():
+            raise ValueError("a rejected catalog")
+        assert gc.isenabled() and gc.get_freeze_count() == 0  # nothing frozen for a run that never started
     finally:
         gc.enable()
         gc.unfreeze()
