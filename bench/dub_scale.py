@@ -252,8 +252,9 @@ def main() -> int:
         if proc.returncode or not lines:
             print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
             return 1
-        print(lines[-1][len("RESULT "):], flush=True)
-        results.append(json.loads(lines[-1][len("RESULT "):]))
+        result = lines[-1][len("RESULT "):]
+        print(result, flush=True)
+        results.append(json.loads(result))
     if args.repeat > 1:
         print(first_shard_table(results))
     return 0
