@@ -433,7 +433,7 @@ def write_item_preview(plan: P.ItemPlan, result: StitchResult, preview: str) -> 
 
     try:
         write_video_preview(result.output, preview, template_boxes(plan.item.character), n_frames=result.frames,
-                            start_frame=plan.item.start_frame)
+                            start_frame=plan.item.start_frame, temp_dir=plan.work)
     except Exception as e:  # noqa: BLE001 - optional output
         logger.warning("no preview for %s: %s", plan.item.id, one_line(e))
         return result
@@ -463,7 +463,8 @@ def stitch_one(plan: P.ItemPlan, cfg: DubConfig, preview: str | None = None) -> 
         if plan.existing == "absent" and not plan.overwrite and storage.exists(plan.item.output):
             raise P.refuse_output(plan.item.output, "foreign")  # appeared while the item rendered
         return stitch_segments(segments, plan.item.audio, plan.item.output, n_frames=plan.n_frames,
-                               audio_duration=plan.duration, settings=settings, before_publish=record)
+                               audio_duration=plan.duration, settings=settings, before_publish=record,
+                               temp_dir=plan.work)
 
     try:
         result = call_with_retries(stitch, what=f"stitch {plan.item.id}")

@@ -391,6 +391,39 @@ def test_stitch_does_not_replace_a_file_that_appeared_while_rendering(tmp_path):
     assert media.count_video_frames(tmp_path / "a.mp4") == 20
 
 
+_KILLED_STITCH = """
+import os, pickle, signal, sys
+import cluster.dub as dub
+from lipsync.config import DubConfig, load_config
+
+def killed_before_the_publish(*args, **kwargs):  # stitch_one's record of the publish: the join is done
+    os.kill(os.getpid(), signal.SIGKILL)
+
+dub.manifest_entry = killed_before_the_publish
+with open(sys.argv[1], "rb") as f:
+    dub.stitch_one(pickle.load(f), load_config(DubConfig))
+"""
+
+
+def test_a_stitch_killed_before_its_publish_leaves_nothing_among_the_outputs(tmp_path):
+    """The temp file of a stitch lives in the item's work prefix: a process killed between the
+    join and the publish (no finally runs) leaves it there, where the item's next successful run
+    deletes it with the segments, and nothing beside the published outputs."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "out"
+    plan = _stitch_plan(root, root / "a.mp4")
+    (tmp_path / "plan.pkl").write_bytes(pickle.dumps(plan))
+    child = subprocess.run([sys.executable, "-c", _KILLED_STITCH, str(tmp_path / "plan.pkl")],
+                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert child.returncode == -9, child.stderr[-2000:]
+    assert sorted(p.name for p in root.iterdir()) == ["_work", "a.wav"]  # no temp, no concat list, no output
+    left = sorted(p.name for p in Path(plan.work).iterdir())
+    assert left[1:] == ["seg_00000.mp4", "seg_00001.mp4"] and left[0].startswith(".a.mp4.tmp-"), left
+    assert media.count_video_frames(Path(plan.work) / left[0]) == 20  # the joined file, never published
+
+
 # ---------------------------------------------------------------------------------------------
 # the real tiny character, in-process: output refusal, segment checks, a crash between publish
 # and manifest write

@@ -144,6 +144,36 @@ def test_atomic_file_failure_keeps_old_target(root):
     assert temp_leftovers(storage.ls(root)) == []
 
 
+def test_atomic_file_keeps_its_temp_in_the_given_temp_dir(root):
+    """A batch job writes its temps under the item's work prefix: a writer killed mid-write then
+    leaves its leftover there, never among the published outputs."""
+    target, work = storage.join(root, "out", "video.mp4"), storage.join(root, "_work", "item")
+    seen_in_out: list[list[str]] = []
+    with storage.atomic_file(target, temp_dir=work) as tmp:
+        tmp.write_bytes(b"complete video")
+        if not storage.is_remote(root):  # a local temp file sits in the temp dir itself
+            assert tmp.parent == Path(storage.filesystem(work)[1])
+        seen_in_out.append(storage.ls(storage.join(root, "out")) if storage.exists(storage.join(root, "out")) else [])
+    assert seen_in_out == [[]]
+    assert storage.read_bytes(target) == b"complete video"
+    assert storage.ls(storage.join(root, "out")) == ["video.mp4"]
+    assert temp_leftovers(storage.ls(work) if storage.exists(work) else []) == []
+
+    with pytest.raises(Boom):  # a failed write leaves nothing in either place
+        with storage.atomic_file(storage.join(root, "out", "other.mp4"), temp_dir=work) as tmp:
+            tmp.write_bytes(b"half")
+            raise Boom()
+    assert storage.ls(storage.join(root, "out")) == ["video.mp4"]
+    assert temp_leftovers(storage.ls(work) if storage.exists(work) else []) == []
+
+
+def test_atomic_file_refuses_a_temp_dir_of_another_kind(tmp_path):
+    with pytest.raises(ValueError, match="both be local or both remote"):
+        with storage.atomic_file("s3://bucket/out/video.mp4", temp_dir=str(tmp_path)):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_atomic_file_without_content_is_an_error(root):
     target = storage.join(root, "empty.bin")
     with pytest.raises(FileNotFoundError, match="nothing was written"):

@@ -42,13 +42,16 @@ class StitchResult:
 
 def stitch_segments(segment_uris: list[str], audio_uri: str, out_uri: str, *, n_frames: int, audio_duration: float,
                     settings: media.EncodeSettings,
-                    before_publish: Callable[[StitchResult], None] | None = None) -> StitchResult:
+                    before_publish: Callable[[StitchResult], None] | None = None,
+                    temp_dir: str | None = None) -> StitchResult:
     """Concatenate `segment_uris` (in this order) with `audio_uri` into `out_uri`, verified, atomically.
 
     Steps: (1) local copies of the segments and the audio, (2) concat -c copy + AAC into a temp
     file, (3) verify frame count and duration, hash it, (4) `before_publish(result)` (the caller
     records what is about to be published; raising there publishes nothing), (5) publish
-    (storage.atomic_file). The segments are only read, never deleted.
+    (storage.atomic_file). The segments are only read, never deleted. `temp_dir` (the item's work
+    prefix in a batch job) holds the temp file, so a stitch killed mid-join leaves nothing among
+    the outputs.
     """
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -58,7 +61,7 @@ def stitch_segments(segment_uris: list[str], audio_uri: str, out_uri: str, *, n_
             raise FileNotFoundError(f"segment(s) missing: {', '.join(missing)}")
         segments = [stack.enter_context(storage.local_copy(u)) for u in segment_uris]
         audio = stack.enter_context(storage.local_copy(audio_uri))
-        with storage.atomic_file(out_uri) as tmp:
+        with storage.atomic_file(out_uri, temp_dir=temp_dir) as tmp:
             # 2. join
             media.concat_segments(segments, tmp, audio=audio, settings=settings)
             # 3. verify (raising here leaves nothing at out_uri)

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,13 +403,16 @@ def concat_segments(segments: Sequence[str | Path], out: str | Path, audio: str 
     if not segments:
         raise ValueError("no segments to concatenate")
     out = Path(out)
-    listing = out.with_name(out.name + ".concat.txt")
     if any("\n" in str(s) or "\r" in str(s) for s in segments):
         raise ValueError("segment paths must not contain line breaks (ffmpeg concat lists are line based)")
 
     def quoted(path: str) -> str:  # the concat demuxer's quoting: ' is written as '\''
         return "'" + path.replace("'", "'\\''") + "'"
 
+    # The list lives in a private temp dir, never beside `out`: a process killed mid-join leaves no
+    # stray file among the published outputs.
+    listing_dir = Path(tempfile.mkdtemp(prefix="lipsync-concat-"))
+    listing = listing_dir / "segments.txt"
     listing.write_text("".join(f"file {quoted(Path(s).resolve().as_posix())}\n" for s in segments))
     try:
         video = ffmpeg.input(str(listing), format="concat", safe=0)
@@ -424,7 +428,7 @@ def concat_segments(segments: Sequence[str | Path], out: str | Path, audio: str 
         )
         _run(args, out, "concatenating segments failed")
     finally:
-        listing.unlink(missing_ok=True)
+        shutil.rmtree(listing_dir, ignore_errors=True)
 
 
 _FRAME_RE = re.compile(rb"frame=\s*(\d+)")

@@ -19,6 +19,7 @@ included; S3: the marker object is written after every file).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -324,7 +325,7 @@ def cached_local_dir(uri: Uri, cache_root: Uri | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_file(uri: Uri) -> Iterator[Path]:
+def atomic_file(uri: Uri, temp_dir: Uri | None = None) -> Iterator[Path]:
     """Yield a local temp path; on normal exit its content appears at `uri` in one step.
 
     Local: the temp file is `.name.tmp-<uuid>` in the target's directory (same filesystem), and
@@ -333,17 +334,26 @@ def atomic_file(uri: Uri) -> Iterator[Path]:
     deleted; S3 has no rename, but a copy creates the final object in one step, so readers only
     ever see a complete object there. On an exception nothing is written to the target (an
     existing target is left untouched) and every temp file/key is removed.
+
+    `temp_dir` (same kind as `uri`: both local or both remote) holds the temp file/key instead of
+    the target's directory. A process killed mid-write cannot clean up after itself; a batch job
+    points this at the item's work prefix, so such a leftover lands there, with the item's other
+    work files, and not among the published outputs.
     """
     fs, path = filesystem(uri)
     parent, final = _parent_and_name(path)
+    if temp_dir is not None and is_remote(temp_dir) != is_remote(uri):
+        raise ValueError(f"temp dir {_as_str(temp_dir)} and target {_as_str(uri)} must both be local or both remote")
+    temp_parent = parent if temp_dir is None else filesystem(temp_dir)[1].rstrip("/")
     if not is_remote(uri):
         fs.makedirs(parent, exist_ok=True)
-        tmp = Path(parent) / _temp_name(final)
+        fs.makedirs(temp_parent, exist_ok=True)
+        tmp = Path(temp_parent) / _temp_name(final)
         try:
             yield tmp
             if not tmp.exists():
                 raise FileNotFoundError(f"nothing was written to the temp file for {_as_str(uri)}")
-            os.replace(tmp, Path(path))
+            _replace_local(tmp, Path(path))
         finally:
             tmp.unlink(missing_ok=True)
         return
@@ -353,7 +363,7 @@ def atomic_file(uri: Uri) -> Iterator[Path]:
         yield local
         if not local.exists():
             raise FileNotFoundError(f"nothing was written to the temp file for {_as_str(uri)}")
-        remote_tmp = posixpath.join(parent, _temp_name(final))
+        remote_tmp = posixpath.join(temp_parent, _temp_name(final))
         try:
             fs.put_file(str(local), remote_tmp)
             fs.cp_file(remote_tmp, path)
@@ -362,6 +372,21 @@ def atomic_file(uri: Uri) -> Iterator[Path]:
                 fs.rm(remote_tmp)
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def _replace_local(src: Path, target: Path) -> None:
+    """os.replace; across filesystems (EXDEV) the file is first copied beside the target."""
+    try:
+        os.replace(src, target)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        beside = target.parent / _temp_name(target.name)
+        try:
+            shutil.copyfile(src, beside)
+            os.replace(beside, target)
+        finally:
+            beside.unlink(missing_ok=True)
 
 
 def dir_is_complete(uri: Uri) -> bool:
@@ -500,8 +525,6 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def storage_failure_reason(exc: BaseException, uri: Uri) -> str:
     """One line saying why an access to `uri` failed (botocore, aiohttp and OS errors)."""
-    import errno
-
     names = {type(e).__name__ for e in _causes(exc)}
     endpoint = s3_endpoint() or "AWS S3"
     if is_remote(uri):

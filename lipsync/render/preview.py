@@ -72,8 +72,11 @@ def video_frames(path: str | Path, indices: Sequence[int]) -> dict[int, np.ndarr
 
 
 def write_video_preview(video_uri: str, preview_uri: str, boxes: np.ndarray, *, n_frames: int,
-                        start_frame: int = 0, count: int = PREVIEW_FRAMES, height: int = PREVIEW_HEIGHT) -> str:
-    """Write the preview PNG of a rendered video (`n_frames` frames, templates `boxes`); returns its URI."""
+                        start_frame: int = 0, count: int = PREVIEW_FRAMES, height: int = PREVIEW_HEIGHT,
+                        temp_dir: str | None = None) -> str:
+    """Write the preview PNG of a rendered video (`n_frames` frames, templates `boxes`); returns its URI.
+
+    `temp_dir`: where the PNG is written before it is published (storage.atomic_file)."""
     indices = preview_indices(n_frames, count)
     with storage.local_copy(video_uri) as local:
         frames = video_frames(local, indices)
@@ -83,6 +86,6 @@ def write_video_preview(video_uri: str, preview_uri: str, boxes: np.ndarray, *, 
     n = len(boxes)
     picked = [boxes[geometry.bounce(k + start_frame, n)] for k in shown]
     image = preview_image([frames[k] for k in shown], picked, shown, height)
-    with storage.atomic_file(preview_uri) as tmp:
+    with storage.atomic_file(preview_uri, temp_dir=temp_dir) as tmp:
         write_png(tmp, image)
     return preview_uri
