@@ -234,7 +234,9 @@ class DubConfig:
 @dataclass(frozen=True)
 class LossWeights:
     """Generator loss = l1 * L1 + ssim * (1 - SSIM) + sync * syncBCE + vgg * perceptual
-    + mouth * L1 over `mouth_region` (the lips in the model crop; docs/QUALITY.md, issue 16)."""
+    + mouth * L1 over `mouth_region` (the lips in the model crop; docs/QUALITY.md, issue 16)
+    + adversarial * the non-saturating GAN loss of a patch discriminator on `mouth_region`
+    (lipsync.models.discriminator; 0 = no discriminator is built)."""
 
     l1: NonNegativeFloat = 1.0
     ssim: NonNegativeFloat = 0.2
@@ -243,6 +245,7 @@ class LossWeights:
     mouth: NonNegativeFloat = 3.0  # measured: aperture std ratio on unseen speech 0.60 -> 0.81, held-out LMD 4.76 -> 4.30
     # (x0, y0, x1, y1) fractions of S: where the mouth sits in the lower-face model crop
     mouth_region: tuple[Fraction, Fraction, Fraction, Fraction] = (0.15, 0.2, 0.85, 0.65)
+    adversarial: NonNegativeFloat = 0.0
 
 
 @dataclass(frozen=True)
@@ -307,6 +310,8 @@ class TrainConfig:
     log_every: PositiveInt = 10
     val_every: PositiveInt = 250
     sync_loss_after: NonNegativeInt = 0  # generator steps before the sync loss is switched on
+    adversarial_after: NonNegativeInt = 0  # generator steps before the adversarial term (the discriminator trains from 0)
+    discriminator_lr: PositiveFloat = 2e-4  # the mouth discriminator (Adam), when loss.adversarial > 0
     loss: LossWeights = field(default_factory=LossWeights)
     negatives: NegativeSampling = field(default_factory=NegativeSampling)
     val_negatives_per_frame: PositiveInt = 4  # SyncNet validation: negatives per held-out frame

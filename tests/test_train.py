@@ -191,7 +191,7 @@ def test_generator_overfits_a_tiny_real_batch(prepared_obama):
     optim = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses, l1 = [], []
     for _ in range(300):
-        loss, parts = generator_forward(model, loss_fn, batch, torch.device("cpu"), precision="fp32")
+        loss, parts, _ = generator_forward(model, loss_fn, batch, torch.device("cpu"), precision="fp32")
         optimizer_step(optim, loss, model.parameters(), grad_clip=1.0)
         losses.append(float(loss))
         l1.append(float(parts["l1"]))

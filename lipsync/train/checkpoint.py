@@ -14,6 +14,8 @@ with `torch.load(..., weights_only=True)`, so loading never runs pickled code:
     syncnet, syncnet_optim, generator, generator_optim      state dicts
     audio_encoder     the encoder whose outputs are the `ave` features (None before stage 1 ends)
     features_from     "syncnet" or "pretrained:<file name>"
+    discriminator, discriminator_optim, discriminator_config
+                      the mouth discriminator (loss.adversarial > 0), else None; never in a bundle
 """
 
 from __future__ import annotations

@@ -50,11 +50,51 @@ def balanced_accuracy(sim: torch.Tensor, label: torch.Tensor, threshold: float =
     return float(sum(parts) / len(parts)) if parts else float("nan")
 
 
+def mouth_crop(images: torch.Tensor, region: tuple[float, float, float, float]) -> torch.Tensor:
+    """The mouth region of (N, C, S, S) crops (fractions of S: x0, y0, x1, y1) -> (N, C, h, w)."""
+    s = images.shape[-1]
+    x0, y0, x1, y1 = (round(f * s) for f in region)
+    return images[..., y0:y1, x0:x1]
+
+
 def mouth_l1(pred: torch.Tensor, target: torch.Tensor, region: tuple[float, float, float, float]) -> torch.Tensor:
     """L1 over the mouth region of (N, 3, S, S) crops (fractions of S: x0, y0, x1, y1)."""
-    s = pred.shape[-1]
-    x0, y0, x1, y1 = (round(f * s) for f in region)
-    return F.l1_loss(pred[..., y0:y1, x0:x1].float(), target[..., y0:y1, x0:x1].float())
+    return F.l1_loss(mouth_crop(pred, region).float(), mouth_crop(target, region).float())
+
+
+class MouthAdversary:
+    """The adversarial term of issue 16: a patch discriminator on the mouth region of the crops.
+
+    Non-saturating GAN losses (softplus form of the logistic loss). The generator's term goes
+    through the discriminator with its parameters frozen, so only the generator gets gradients;
+    the discriminator's step sees real and generated mouths in one forward pass (one DDP
+    reduction per step when `model` is wrapped).
+    """
+
+    def __init__(self, discriminator: nn.Module, model: nn.Module, region: tuple[float, float, float, float]):
+        self.discriminator = discriminator  # the bare module
+        self.model = model  # the same, moved to the device and wrapped for data-parallel training
+        self.region = region
+
+    def generator_term(self, pred: torch.Tensor) -> torch.Tensor:
+        """-log D(generated mouth), averaged over patches; pred (N, 3, S, S) in [0, 1]."""
+        self.discriminator.requires_grad_(False)
+        try:
+            logits = self.discriminator(mouth_crop(pred, self.region).float())
+        finally:
+            self.discriminator.requires_grad_(True)
+        return F.softplus(-logits).mean()
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-log D(real) - log(1 - D(fake)) over patches, and the share of patches it classifies right.
+
+        real, fake: (N, 3, S, S) in [0, 1]; `fake` is detached from the generator."""
+        mouths = torch.cat([mouth_crop(real, self.region), mouth_crop(fake.detach(), self.region)]).float()
+        logits = self.model(mouths)  # (2N, 1, h', w')
+        n = len(real)
+        loss = F.softplus(-logits[:n]).mean() + F.softplus(logits[n:]).mean()
+        accuracy = torch.cat([(logits[:n] > 0).flatten(), (logits[n:] <= 0).flatten()]).float().mean()
+        return loss, accuracy.detach()
 
 
 class GeneratorLoss(nn.Module):

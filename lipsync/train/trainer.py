@@ -21,6 +21,7 @@ Steps are counted per stage; checkpoints, logs and the progress bar use the glob
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import tempfile
 import time
@@ -62,8 +63,10 @@ from lipsync.models import (
 from lipsync.runtime import autocast, seed_everything
 from lipsync.train import checkpoint as ckpt
 from lipsync.train.context import RunContext
+from lipsync.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from lipsync.train.losses import (
     GeneratorLoss,
+    MouthAdversary,
     PerceptualLoss,
     balanced_accuracy,
     load_vgg19,
@@ -137,6 +140,8 @@ class Trainer:
         self.syncnet_model = self.ctx.prepare_model(self.syncnet, self.device)
         self.syncnet_optim = torch.optim.Adam(self.syncnet.parameters(), lr=cfg.syncnet_lr)
         self.generator_optim_state = state.get("generator_optim") if state else None
+        self.discriminator_state = {k: state.get(k) for k in ("discriminator", "discriminator_optim",
+                                                               "discriminator_config")} if state else {}
         if state and state.get("syncnet_optim"):
             self.syncnet_optim.load_state_dict(state["syncnet_optim"])
         self.perceptual = perceptual.to(self.device) if perceptual is not None else None
@@ -313,6 +318,7 @@ class Trainer:
             self.generator_optim.load_state_dict(self.generator_optim_state)
         syncnet = self.syncnet if cfg.loss.sync > 0 else None
         self.loss_fn = GeneratorLoss(cfg.loss, syncnet, self.perceptual)
+        self.adversary = self._build_adversary() if cfg.loss.adversarial > 0 else None
         if self.generator_step >= cfg.generator_steps:
             return
         if self.generator_step == 0:
@@ -324,8 +330,14 @@ class Trainer:
         self.generator_model.train()
         timer = StepTimer()
         for batch in self.batches(loader, self.generator_step):
-            loss, parts = self.generator_loss(self.generator_model, batch, self.generator_step)
+            loss, parts, pred = self.generator_loss(self.generator_model, batch, self.generator_step)
+            if self.adversary is not None and self.generator_step >= cfg.adversarial_after:
+                parts["adv"] = self.adversary.generator_term(pred)
+                loss = loss + cfg.loss.adversarial * parts["adv"]
+                parts["adv"] = parts["adv"].detach()
             self._step(self.generator_optim, loss, self.generator.parameters())
+            if self.adversary is not None:
+                parts["disc"], parts["disc_acc"] = self._discriminator_step(batch["target"], pred)
             self.generator_step += 1
             timer.tick()
             last = self.generator_step >= cfg.generator_steps
@@ -336,8 +348,29 @@ class Trainer:
             if self._end_of_step(last, timer):
                 return
 
+    def _build_adversary(self) -> MouthAdversary:
+        """The mouth discriminator, its optimizer and (resumed) state; only when loss.adversarial > 0."""
+        saved = self.discriminator_state
+        config = DiscriminatorConfig(**saved["discriminator_config"]) if saved.get("discriminator_config") \
+            else DiscriminatorConfig()
+        self.discriminator = PatchDiscriminator(config)
+        if saved.get("discriminator") is not None:
+            self.discriminator.load_state_dict(saved["discriminator"])
+        model = self.ctx.prepare_model(self.discriminator, self.device)
+        self.discriminator_optim = torch.optim.Adam(self.discriminator.parameters(), lr=self.cfg.discriminator_lr,
+                                                    betas=(0.5, 0.999))
+        if saved.get("discriminator_optim"):
+            self.discriminator_optim.load_state_dict(saved["discriminator_optim"])
+        return MouthAdversary(self.discriminator, model, self.cfg.loss.mouth_region)
+
+    def _discriminator_step(self, real: torch.Tensor, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of the mouth discriminator on this batch's real and generated crops: (loss, accuracy)."""
+        loss, accuracy = self.adversary.discriminator_loss(real, pred.detach())
+        self._step(self.discriminator_optim, loss, self.discriminator.parameters())
+        return loss.detach(), accuracy
+
     def generator_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         return generator_forward(model, self.loss_fn, batch, self.device, self.cfg.precision,
                                  use_sync=step >= self.cfg.sync_loss_after)
 
@@ -355,7 +388,7 @@ class Trainer:
         self.generator.eval()
         for batch in DataLoader(self._val_samples(), batch_size=self.cfg.batch_size):
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            loss, parts = self.generator_loss(self.generator, batch, self.cfg.sync_loss_after)
+            loss, parts, _ = self.generator_loss(self.generator, batch, self.cfg.sync_loss_after)
             n = len(batch["target"])
             for k, v in {"loss": loss, **parts}.items():
                 totals[f"val_{k}"] = totals.get(f"val_{k}", 0.0) + float(v) * n
@@ -419,6 +452,8 @@ class Trainer:
         feature_encoder = self.feature_encoder if self.feature_encoder is not None else self.syncnet.audio_encoder
         stage1_done = self.syncnet_step >= self.cfg.syncnet_steps
         generator_optim = getattr(self, "generator_optim", None)
+        discriminator = getattr(self, "discriminator", None)
+        d_saved = getattr(self, "discriminator_state", {})
         return {
             "syncnet_step": self.syncnet_step,
             "generator_step": self.generator_step,
@@ -434,6 +469,12 @@ class Trainer:
             "generator_optim": generator_optim.state_dict() if generator_optim else self.generator_optim_state,
             "audio_encoder": _cpu_state(feature_encoder) if stage1_done else None,
             "features_from": self.features_from,
+            # the mouth discriminator (loss.adversarial > 0): training only, never in a bundle
+            "discriminator": _cpu_state(discriminator) if discriminator is not None else d_saved.get("discriminator"),
+            "discriminator_optim": self.discriminator_optim.state_dict() if discriminator is not None
+            else d_saved.get("discriminator_optim"),
+            "discriminator_config": dataclasses.asdict(discriminator.config) if discriminator is not None
+            else d_saved.get("discriminator_config"),
         }
 
     def save_checkpoint(self) -> None:
@@ -507,11 +548,12 @@ def run_summary(state: dict[str, Any], metrics: MetricsLog, world_size: int, dev
 
 def generator_forward(model: nn.Module, loss_fn: GeneratorLoss, batch: dict[str, torch.Tensor],
                       device: torch.device, precision: str, use_sync: bool = True
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One generator forward on a GeneratorSamples batch (already on `device`): (loss, parts)."""
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One generator forward on a GeneratorSamples batch (already on `device`): (loss, parts, prediction)."""
     with autocast(device, precision, training=True):
         pred = model(batch["input"], batch["audio"])  # (N, 6, S, S) -> (N, 3, S, S)
-        return loss_fn(pred, batch["target"], batch["mel"], use_sync=use_sync)
+        loss, parts = loss_fn(pred, batch["target"], batch["mel"], use_sync=use_sync)
+    return loss, parts, pred
 
 
 def optimizer_step(optim: torch.optim.Optimizer, loss: torch.Tensor, params, grad_clip: float) -> None:
