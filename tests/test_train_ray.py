@@ -82,7 +82,8 @@ def test_a_failed_worker_resumes_from_the_checkpoint_on_s3(ray_cluster, prepared
 
     dataset_uri = storage.join(s3_tmp, "dataset")
     storage.upload_dir(prepared_obama, dataset_uri)
-    cfg = load_config(TrainConfig, None, QUICK + ["syncnet_steps=2", "generator_steps=4"])
+    # with the mouth discriminator (issue 16): data-parallel too, in the checkpoint, resumed with the rest
+    cfg = load_config(TrainConfig, None, QUICK + ["syncnet_steps=2", "generator_steps=4", "loss.adversarial=0.05"])
     out = tmp_path / "bundle"
     result = train_on_ray(dataset_uri, str(out), cfg, storage_path=storage.join(s3_tmp, "ray"), name="run",
                           num_workers=2, max_failures=1, fail_at_step=5)
@@ -94,6 +95,8 @@ def test_a_failed_worker_resumes_from_the_checkpoint_on_s3(ray_cluster, prepared
     assert resumes == [4]  # restarted from the step-4 checkpoint, not from scratch
     steps = [r["step"] for r in metrics.records if r.get("stage") == "generator" and "loss" in r]
     assert steps == [3, 4, 5, 6]  # step 5 (the failed one) was trained again, once in the history
+    assert all("adv" in r and "disc" in r for r in metrics.records if r.get("stage") == "generator" and "loss" in r)
+    assert state["discriminator"] is not None and state["discriminator_optim"]["state"]
     assert load_character(str(out)).version == result.version
 
 
